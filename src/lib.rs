@@ -1,0 +1,18 @@
+//! firecrest-ci: run a CI job on an HPC cluster through FirecREST v2 (or local
+//! Slurm, or this machine) and make CI's red or green tell the truth.
+//!
+//! Data flows one way through [`run`]: configuration, workspace packing,
+//! upload, batch script, submission, watching and log streaming, exit-state
+//! mapping, artifacts, cleanup. Each step is a module of its own.
+
+pub mod backend;
+pub mod ci;
+pub mod config;
+pub mod firecrest;
+pub mod job;
+pub mod outcome;
+pub mod run;
+pub mod script;
+pub mod secret;
+pub mod transfer;
+pub mod workspace;
