@@ -11,6 +11,7 @@ pub mod config;
 pub mod firecrest;
 pub mod job;
 pub mod outcome;
+pub mod progress;
 pub mod run;
 pub mod script;
 pub mod secret;
