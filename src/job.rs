@@ -1,1 +1,464 @@
-//! (to be written)
+//! Watching a submitted job: poll its state, stream its output files into the
+//! CI log by byte offset, stop when it ends, when CI cancels, or when the
+//! run's own deadline passes.
+//!
+//! The log must show every byte of the job's output exactly once and in
+//! order. Offsets therefore advance by what the backend says a chunk stands
+//! for ([`OutputChunk::advance`]), never by what was printed, and
+//! [`Utf8Stream`] holds back a character split across two reads until its
+//! last byte arrives.
+//!
+//! Polling adapts: output is read every `log_interval` while it flows and
+//! backs off (doubling, up to `log_max_interval`) while it does not; the job
+//! state is read every `state_interval`, sooner right after submission and as
+//! soon as the batch script reports that the user's commands ended.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::backend::{Backend, JobId, JobStatus};
+use crate::outcome::SlurmState;
+
+/// The batch script prints this when the user's commands have ended, so the
+/// watcher reads the state at once instead of waiting for the next poll.
+pub const END_MARKER: &[u8] = b"firecrest-ci: commands exited with status";
+
+/// Set once by the signal handler: the number of the first signal received.
+pub type StopSignal = watch::Receiver<Option<i32>>;
+
+/// Where the job's output goes: the CI log (as untrusted text) and a file.
+pub trait OutputSink: Send + Sync {
+    /// Shows a piece of the job's output; `bytes` never splits a character.
+    fn job_output(&self, bytes: &[u8]);
+}
+
+/// How often to look; defaults need no tuning.
+#[derive(Debug, Clone)]
+pub struct WatchSettings {
+    /// Job state reads while the job runs.
+    pub state_interval: Duration,
+    /// Output reads while output flows.
+    pub log_interval: Duration,
+    /// Output reads back off to this while the job is quiet.
+    pub log_max_interval: Duration,
+    /// How long the scheduler may not know a job it just accepted.
+    pub submit_grace: Duration,
+    /// How long the state may fail to be read before the run gives up.
+    pub error_budget: Duration,
+    /// After the job ended: keep reading until the output was quiet this long.
+    pub drain_quiet: Duration,
+    /// ... but never longer than this.
+    pub drain_max: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            state_interval: Duration::from_secs(10),
+            log_interval: Duration::from_secs(1),
+            log_max_interval: Duration::from_secs(10),
+            submit_grace: Duration::from_secs(120),
+            error_budget: Duration::from_secs(600),
+            drain_quiet: Duration::from_secs(2),
+            drain_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One output file of the job and how far it has been shown.
+#[derive(Debug)]
+pub struct OutputFile {
+    /// Absolute remote path.
+    pub path: String,
+    /// Bytes of the remote file already shown.
+    pub offset: u64,
+    decoder: Utf8Stream,
+}
+
+impl OutputFile {
+    /// Starts following `path` from its beginning.
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            offset: 0,
+            decoder: Utf8Stream::default(),
+        }
+    }
+}
+
+/// Why watching stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEnd {
+    /// The job reached a final state.
+    Finished(JobStatus),
+    /// CI sent this signal; the job may still run.
+    Stopped(i32),
+    /// The run's own deadline passed; the job may still run.
+    DeadlineReached,
+}
+
+/// Counts of what watching cost, for the request-rate figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchStats {
+    pub state_reads: u64,
+    pub output_reads: u64,
+    pub output_bytes: u64,
+}
+
+/// Follows one job until it ends; owns the polling schedule.
+pub struct Watcher<'a> {
+    backend: &'a dyn Backend,
+    sink: &'a dyn OutputSink,
+    log: Option<&'a mut (dyn Write + Send)>,
+    settings: WatchSettings,
+    /// The job's output files, in the order they are read.
+    pub files: Vec<OutputFile>,
+    /// What watching cost so far.
+    pub stats: WatchStats,
+    end_hint: bool,
+    marker_tail: Vec<u8>,
+}
+
+impl<'a> Watcher<'a> {
+    /// A watcher that shows output on `sink` and copies it into `log`.
+    pub fn new(
+        backend: &'a dyn Backend,
+        sink: &'a dyn OutputSink,
+        log: Option<&'a mut (dyn Write + Send)>,
+        settings: WatchSettings,
+        files: Vec<OutputFile>,
+    ) -> Self {
+        Self {
+            backend,
+            sink,
+            log,
+            settings,
+            files,
+            stats: WatchStats::default(),
+            end_hint: false,
+            marker_tail: Vec::new(),
+        }
+    }
+
+    /// Watches `job` until it ends, CI stops the run, or `deadline` passes.
+    pub async fn watch(
+        &mut self,
+        job: &JobId,
+        stop: &mut StopSignal,
+        deadline: Option<Instant>,
+    ) -> Result<WatchEnd> {
+        let started = Instant::now();
+        let mut seen = false;
+        let mut shown: Option<(String, Option<String>)> = None;
+        let mut warned_unknown = false;
+        let mut failing_since: Option<Instant> = None;
+        let mut state_checks: u32 = 0;
+        let mut log_interval = self.settings.log_interval;
+        let mut next_state = started + Duration::from_secs(1);
+        let mut next_log = started + self.settings.log_interval;
+
+        loop {
+            if let Some(signal) = *stop.borrow() {
+                return Ok(WatchEnd::Stopped(signal));
+            }
+            let mut wake = next_state.min(next_log);
+            if let Some(deadline) = deadline {
+                wake = wake.min(deadline);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                changed = stop.changed() => {
+                    if changed.is_ok() {
+                        if let Some(signal) = *stop.borrow() {
+                            return Ok(WatchEnd::Stopped(signal));
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(WatchEnd::DeadlineReached);
+            }
+
+            if now >= next_log {
+                let got = self.read_all_once().await?;
+                log_interval = if got > 0 {
+                    self.settings.log_interval
+                } else {
+                    (log_interval * 2).min(self.settings.log_max_interval)
+                };
+                next_log = Instant::now() + log_interval;
+                if self.end_hint {
+                    next_state = next_state.min(Instant::now());
+                }
+            }
+
+            if Instant::now() >= next_state {
+                state_checks += 1;
+                self.stats.state_reads += 1;
+                match self.backend.job_status(job).await {
+                    Ok(None) => {
+                        failing_since = None;
+                        if !seen && started.elapsed() > self.settings.submit_grace {
+                            bail!(
+                                "job {job} was accepted but the scheduler has not shown it for {}s; \
+                                 check the cluster's queue, or raise submit-grace (FIRECREST_SUBMIT_GRACE)",
+                                self.settings.submit_grace.as_secs()
+                            );
+                        }
+                        if seen {
+                            tracing::debug!(%job, "the scheduler does not show the job right now");
+                        }
+                    }
+                    Ok(Some(status)) => {
+                        failing_since = None;
+                        seen = true;
+                        let state = SlurmState::parse(&status.state);
+                        if let SlurmState::Unknown(raw) = &state {
+                            if !warned_unknown {
+                                tracing::warn!(%job, state = %raw, "unknown job state; still watching");
+                                warned_unknown = true;
+                            }
+                        }
+                        let key = (state.name().to_string(), status.reason.clone());
+                        if shown.as_ref() != Some(&key) {
+                            announce(job, &state, &status);
+                            shown = Some(key);
+                        }
+                        if state.is_final() {
+                            self.drain().await?;
+                            return Ok(WatchEnd::Finished(status));
+                        }
+                    }
+                    Err(err) => {
+                        let since = *failing_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > self.settings.error_budget {
+                            return Err(err).with_context(|| {
+                                format!(
+                                    "could not read the state of job {job} for {}s",
+                                    self.settings.error_budget.as_secs()
+                                )
+                            });
+                        }
+                        tracing::warn!(%job, "could not read the job state, will retry: {err:#}");
+                    }
+                }
+                let interval = if !seen {
+                    // 1, 2, 4, ... seconds while the scheduler may not know it yet.
+                    Duration::from_secs(1u64 << state_checks.min(4)).min(self.settings.state_interval)
+                } else if self.end_hint {
+                    Duration::from_secs(1)
+                } else {
+                    self.settings.state_interval
+                };
+                next_state = Instant::now() + interval;
+            }
+        }
+    }
+
+    /// Reads every output file once; returns the number of bytes shown.
+    pub async fn read_all_once(&mut self) -> Result<u64> {
+        let mut total = 0;
+        for index in 0..self.files.len() {
+            total += self.read_file(index).await?;
+        }
+        Ok(total)
+    }
+
+    async fn read_file(&mut self, index: usize) -> Result<u64> {
+        let (path, offset) = {
+            let file = &self.files[index];
+            (file.path.clone(), file.offset)
+        };
+        self.stats.output_reads += 1;
+        let chunk = match self.backend.read_output(&path, offset).await {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                // A missed read only delays output: the next read starts at
+                // the same offset. The job state decides when to stop.
+                tracing::warn!("could not read the job output {path}, will retry: {err:#}");
+                return Ok(0);
+            }
+        };
+        if chunk.advance == 0 {
+            return Ok(0);
+        }
+        self.stats.output_bytes += chunk.advance;
+        let file = &mut self.files[index];
+        file.offset += chunk.advance;
+        let printable = file.decoder.push(&chunk.data);
+        self.note_end_marker(&chunk.data);
+        self.emit(&printable)?;
+        Ok(chunk.advance)
+    }
+
+    fn note_end_marker(&mut self, data: &[u8]) {
+        if self.end_hint {
+            return;
+        }
+        let mut window = std::mem::take(&mut self.marker_tail);
+        window.extend_from_slice(data);
+        if window.windows(END_MARKER.len()).any(|w| w == END_MARKER) {
+            self.end_hint = true;
+        }
+        let keep = window.len().min(END_MARKER.len());
+        self.marker_tail = window[window.len() - keep..].to_vec();
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.sink.job_output(bytes);
+        if let Some(log) = self.log.as_mut() {
+            log.write_all(bytes)
+                .context("failed to write the job output to the local log file")?;
+        }
+        Ok(())
+    }
+
+    /// After the job ended: read until the files stay quiet (Slurm may still
+    /// be flushing), then show any held-back partial character.
+    pub async fn drain(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let mut quiet_since = Instant::now();
+        loop {
+            let got = self.read_all_once().await?;
+            if got > 0 {
+                quiet_since = Instant::now();
+            }
+            if quiet_since.elapsed() >= self.settings.drain_quiet
+                || started.elapsed() >= self.settings.drain_max
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.flush_partial()
+    }
+
+    /// A best-effort drain bounded by `limit`, for a run that is being stopped.
+    pub async fn drain_within(&mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.read_all_once()).await;
+        let _ = self.flush_partial();
+    }
+
+    fn flush_partial(&mut self) -> Result<()> {
+        let mut rest = Vec::new();
+        for file in &mut self.files {
+            rest.extend(file.decoder.finish());
+        }
+        self.emit(&rest)?;
+        if let Some(log) = self.log.as_mut() {
+            log.flush().context("failed to flush the local log file")?;
+        }
+        Ok(())
+    }
+}
+
+fn announce(job: &JobId, state: &SlurmState, status: &JobStatus) {
+    let reason = status
+        .reason
+        .as_deref()
+        .filter(|r| !r.is_empty() && *r != "None");
+    match (state, reason) {
+        (SlurmState::Pending, Some(reason)) => {
+            tracing::info!("job {job} is waiting in the queue ({reason})")
+        }
+        (SlurmState::Pending, None) => tracing::info!("job {job} is waiting in the queue"),
+        (SlurmState::Running, _) => match status.nodes.as_deref().filter(|n| !n.is_empty()) {
+            Some(nodes) => tracing::info!("job {job} is running on {nodes}"),
+            None => tracing::info!("job {job} is running"),
+        },
+        (_, Some(reason)) => tracing::info!("job {job} is {} ({reason})", status.state),
+        (_, None) => tracing::info!("job {job} is {}", status.state),
+    }
+}
+
+/// Decodes a byte stream for display: valid UTF-8 passes through untouched,
+/// invalid bytes become U+FFFD, and a character cut at the end of a read
+/// waits for its remaining bytes instead of being mangled.
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Adds bytes; returns what can be shown now.
+    pub fn push(&mut self, data: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(data);
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(valid) => {
+                    out.extend_from_slice(valid.as_bytes());
+                    rest = &[];
+                    break;
+                }
+                Err(err) => {
+                    let (valid, after) = rest.split_at(err.valid_up_to());
+                    out.extend_from_slice(valid);
+                    match err.error_len() {
+                        Some(bad) => {
+                            out.extend_from_slice(char::REPLACEMENT_CHARACTER.to_string().as_bytes());
+                            rest = &after[bad..];
+                        }
+                        None => {
+                            // An incomplete character at the end: keep it.
+                            rest = after;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending = rest.to_vec();
+        out
+    }
+
+    /// Shows whatever is held back, lossily: the stream has ended.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.pending);
+        String::from_utf8_lossy(&rest).into_owned().into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_stream_reassembles_split_characters() {
+        let text = "grüße ✓ 日本語\n".as_bytes();
+        for cut in 0..=text.len() {
+            let mut stream = Utf8Stream::default();
+            let mut out = stream.push(&text[..cut]);
+            out.extend(stream.push(&text[cut..]));
+            out.extend(stream.finish());
+            assert_eq!(out, text, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn utf8_stream_replaces_invalid_bytes_without_shifting() {
+        let mut stream = Utf8Stream::default();
+        let mut out = stream.push(b"a\xffb");
+        out.extend(stream.push(b"\xe6\x97"));
+        out.extend(stream.push(b"\xa5c\xc0d"));
+        out.extend(stream.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), "a\u{fffd}b日c\u{fffd}d");
+    }
+
+    #[test]
+    fn utf8_stream_finish_shows_a_truncated_tail_lossily() {
+        let mut stream = Utf8Stream::default();
+        assert_eq!(stream.push(b"ok \xe6\x97"), b"ok ");
+        assert_eq!(String::from_utf8(stream.finish()).unwrap(), "\u{fffd}");
+        assert!(stream.finish().is_empty());
+    }
+}
