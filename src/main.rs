@@ -1,6 +1,210 @@
-//! Entry point: start logging and the runtime, run the pipeline, print the
-//! error once, exit with the code the outcome table gives.
+//! Entry point: start logging and the runtime, install the signal handlers,
+//! load the configuration, run the pipeline, print the error once and exit
+//! with the code the outcome table gives.
 
-fn main() {
-    std::process::exit(0);
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use firecrest_ci::ci::Ci;
+use firecrest_ci::config::{CliFlags, Config};
+use firecrest_ci::outcome::{self, codes};
+use firecrest_ci::run;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+const USAGE: &str = "\
+usage: firecrest-ci [--dry-run]
+       firecrest-ci cancel <job-id>
+       firecrest-ci --help | --version
+
+Runs a CI job on an HPC cluster. Every input comes from FIRECREST_* environment
+variables; see the README for the table of inputs and exit codes.";
+
+/// How long after the first signal the tool gives up on an orderly stop.
+const STOP_WATCHDOG: Duration = Duration::from_millis(9500);
+
+enum Command {
+    Run(CliFlags),
+    Cancel(String),
+}
+
+fn main() -> ExitCode {
+    run::mark_start();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse_args(&args) {
+        Ok(Some(command)) => command,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("firecrest-ci: {message}\n\n{USAGE}");
+            return exit(codes::USAGE);
+        }
+    };
+    let env: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    init_logging(&env);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("firecrest-ci: failed to start the async runtime: {err}");
+            return exit(codes::INTERNAL);
+        }
+    };
+    let code = runtime.block_on(async_main(command, env));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    exit(code)
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
+    let mut flags = CliFlags { dry_run: false };
+    match args.first().map(String::as_str) {
+        Some("cancel") => {
+            return match &args[1..] {
+                [job] => Ok(Some(Command::Cancel(job.clone()))),
+                _ => Err("cancel takes exactly one job id".to_string()),
+            }
+        }
+        Some("--help" | "-h" | "help") => {
+            println!("{USAGE}");
+            return Ok(None);
+        }
+        Some("--version" | "-V") => {
+            println!("firecrest-ci {}", env!("CARGO_PKG_VERSION"));
+            return Ok(None);
+        }
+        _ => {}
+    }
+    for arg in args {
+        match arg.as_str() {
+            "--dry-run" => flags.dry_run = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Some(Command::Run(flags)))
+}
+
+/// Logs go to stderr without timestamps (the CI adds them); debug when the
+/// CI runs in debug mode, unless FIRECREST_LOG_LEVEL says otherwise.
+fn init_logging(env: &BTreeMap<String, String>) {
+    let debug_ci = env.get("RUNNER_DEBUG").is_some_and(|v| v == "1")
+        || env.get("CI_DEBUG_TRACE").is_some_and(|v| v == "true");
+    let level = env
+        .get("FIRECREST_LOG_LEVEL")
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| ["error", "warn", "info", "debug", "trace"].contains(&v.as_str()))
+        .unwrap_or_else(|| if debug_ci { "debug" } else { "info" }.to_string());
+    // Our own crate at the chosen level; dependencies stay at warn so that
+    // debug logs never print HTTP internals (headers carry tokens).
+    let filter = tracing_subscriber::EnvFilter::new(format!("warn,firecrest_ci={level}"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+}
+
+async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
+    let stop = match install_signal_handlers() {
+        Ok(stop) => stop,
+        Err(err) => {
+            eprintln!("firecrest-ci: failed to install signal handlers: {err}");
+            return codes::INTERNAL;
+        }
+    };
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(err) => {
+            eprintln!("firecrest-ci: cannot read the current directory: {err}");
+            return codes::CONFIG;
+        }
+    };
+    let flags = match &command {
+        Command::Run(flags) => CliFlags { dry_run: flags.dry_run },
+        Command::Cancel(_) => CliFlags { dry_run: false },
+    };
+    let config = match Config::from_env(&env, &cwd, &flags) {
+        Ok(config) => config,
+        Err(errors) => {
+            tracing::error!("invalid configuration:\n{errors}");
+            return codes::CONFIG;
+        }
+    };
+    let dotenv = (env.get("GITLAB_CI").is_some_and(|v| v == "true"))
+        .then(|| config.workspace.join("firecrest-ci.env"));
+    let ci = Arc::new(Ci::detect(&env, dotenv));
+    let result = match command {
+        Command::Run(_) => run::run(config, ci.clone(), stop).await,
+        Command::Cancel(job) => run::cancel_job(&config, &ci, &job).await,
+    };
+    ci.finish();
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            let code = outcome::exit_code_for_error(&err);
+            tracing::error!("{err:#}");
+            ci.error("firecrest-ci failed", &format!("{err:#}"));
+            code
+        }
+    }
+}
+
+/// The first SIGINT, SIGTERM or SIGHUP asks for an orderly stop (cancel the
+/// job, drain, clean up); a second one, or the watchdog, exits at once.
+fn install_signal_handlers() -> std::io::Result<watch::Receiver<Option<i32>>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let first = tokio::select! {
+            _ = interrupt.recv() => libc_signal::SIGINT,
+            _ = terminate.recv() => libc_signal::SIGTERM,
+            _ = hangup.recv() => libc_signal::SIGHUP,
+        };
+        tracing::warn!(
+            "received {}: cancelling the job (a second signal exits at once)",
+            libc_signal::name(first)
+        );
+        let _ = tx.send(Some(first));
+        let code = outcome::ci_signal_code(first);
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            _ = hangup.recv() => {}
+            _ = tokio::time::sleep(STOP_WATCHDOG) => {
+                tracing::error!("stopping took too long; exiting now");
+            }
+        }
+        std::process::exit(code);
+    });
+    Ok(rx)
+}
+
+mod libc_signal {
+    pub const SIGHUP: i32 = 1;
+    pub const SIGINT: i32 = 2;
+    pub const SIGTERM: i32 = 15;
+
+    pub fn name(signal: i32) -> &'static str {
+        match signal {
+            SIGHUP => "SIGHUP",
+            SIGINT => "SIGINT",
+            SIGTERM => "SIGTERM",
+            _ => "a signal",
+        }
+    }
 }

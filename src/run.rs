@@ -1,1 +1,681 @@
-//! (to be written)
+//! The pipeline, in the order the README tells it: pack the workspace, place
+//! it on the cluster, render and submit the batch script, watch the job while
+//! streaming its output, map the final state to an exit code, bring the
+//! artifacts back, clean up. Cancellation by CI and the run's own deadline
+//! cancel the job on the way out: no job outlives the tool.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::backend::{self, Backend, JobId, JobSpec, StagedWorkspace};
+use crate::ci::Ci;
+use crate::config::{BackendKind, Config, Credentials, UserCommand};
+use crate::job::{OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
+use crate::outcome::{self, codes, Outcome};
+use crate::script::{self, ScriptSpec};
+use crate::workspace::{self, PackOptions, PackReport};
+
+/// File names inside the per-run directory.
+const ARCHIVE_NAME: &str = "workspace.tar.gz";
+const ENV_FILE_NAME: &str = ".firecrest-ci-env";
+const OUTPUT_NAME: &str = "job.out";
+const ERROR_NAME: &str = "job.err";
+const ARTIFACTS_NAME: &str = "artifacts.tar.gz";
+
+/// How long cancelling, draining and cleaning up may take after a signal:
+/// GitHub sends SIGTERM 7.5 s after SIGINT and kills 2.5 s later.
+const STOP_CANCEL_BUDGET: Duration = Duration::from_secs(4);
+const STOP_DRAIN_BUDGET: Duration = Duration::from_millis(1500);
+const STOP_CLEANUP_BUDGET: Duration = Duration::from_millis(1500);
+
+/// Runs the whole pipeline; returns the exit code the outcome table gives.
+pub async fn run(config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Result<i32> {
+    let run_name = format!("{}-{}", config.identity.slug, random_suffix());
+    if config.dry_run {
+        return dry_run(&config, &ci, &run_name).await;
+    }
+    if let Some(Credentials::ClientCredentials { client_secret, .. }) =
+        config.firecrest.as_ref().map(|f| &f.credentials)
+    {
+        ci.mask(client_secret.expose());
+    }
+    let backend = connect(&config, &ci)?;
+    tracing::info!("firecrest-ci {}: {}", env!("CARGO_PKG_VERSION"), backend.describe());
+
+    let scratch = tempfile::Builder::new()
+        .prefix("firecrest-ci-")
+        .tempdir()
+        .context("failed to create a temporary directory for the workspace archive")?;
+    let archive = scratch.path().join(ARCHIVE_NAME);
+    let pack = pack_workspace(&config, &ci, &archive).await?;
+    if stopped(&stop).is_some() {
+        return Ok(signal_code(&stop));
+    }
+
+    let base = match &config.remote_dir {
+        Some(dir) => dir.clone(),
+        None => backend
+            .default_base_dir()
+            .await
+            .context("failed to find a base directory on the cluster; set remote-dir (FIRECREST_REMOTE_DIR)")?,
+    };
+    let run_dir = format!("{}/{}", base.trim_end_matches('/'), run_name);
+    let remote = Remote {
+        backend: backend.as_ref(),
+        run_dir: run_dir.clone(),
+    };
+
+    // From here on the run directory exists: every way out cleans it up.
+    let placed = place_workspace(&config, &ci, &remote, &archive, &stop).await;
+    let staged = match placed {
+        Ok(Some(staged)) => staged,
+        Ok(None) => {
+            remote.cleanup_within(STOP_CLEANUP_BUDGET).await;
+            return Ok(signal_code(&stop));
+        }
+        Err(err) => {
+            if config.cleanup.should_remove(false) {
+                remote.cleanup().await;
+            }
+            return Err(err);
+        }
+    };
+    drop(scratch);
+
+    let spec = script_spec(&config, &run_dir, &staged, &pack);
+    let script = script::render(&spec).context("failed to render the batch script")?;
+    let job_spec = JobSpec {
+        name: config.job_name.clone(),
+        script,
+        working_dir: run_dir.clone(),
+        account: config.resources.account.clone(),
+        partition: config.resources.partition.clone(),
+        reservation: config.resources.reservation.clone(),
+        dependency: staged.transfer_job.clone(),
+    };
+    let job = match backend.submit(&job_spec).await {
+        Ok(job) => job,
+        Err(err) => {
+            if let Some(transfer) = &staged.transfer_job {
+                let _ = backend.cancel(transfer).await;
+            }
+            if config.cleanup.should_remove(false) {
+                remote.cleanup().await;
+            }
+            return Err(err.context("failed to submit the batch job"));
+        }
+    };
+    tracing::info!("submitted job {job} ({})", config.job_name);
+    write_early_outputs(&config, &ci, &job, &run_dir);
+
+    let ended = watch_job(&config, &ci, &remote, &job, &staged, &mut stop).await;
+    finish(&config, &ci, &remote, &job, &staged, ended).await
+}
+
+/// The per-run directory and the backend that reaches it.
+struct Remote<'a> {
+    backend: &'a dyn Backend,
+    run_dir: String,
+}
+
+impl Remote<'_> {
+    fn path(&self, name: &str) -> String {
+        format!("{}/{}", self.run_dir, name)
+    }
+
+    async fn cleanup(&self) {
+        match self.backend.remove_dir(&self.run_dir).await {
+            Ok(()) => tracing::info!("removed {}", self.run_dir),
+            Err(err) => tracing::warn!("could not remove {}: {err:#}", self.run_dir),
+        }
+    }
+
+    async fn cleanup_within(&self, limit: Duration) {
+        if tokio::time::timeout(limit, self.cleanup()).await.is_err() {
+            tracing::warn!("no time left to remove {}", self.run_dir);
+        }
+    }
+}
+
+/// How watching ended, with what the rest of the pipeline needs.
+enum Ended {
+    Finished(Outcome),
+    Stopped(i32),
+    Deadline,
+}
+
+async fn pack_workspace(config: &Config, ci: &Ci, archive: &Path) -> Result<PackReport> {
+    ci.group_start("pack", "Packing the workspace");
+    let options = pack_options(config);
+    let out = archive.to_path_buf();
+    let report = tokio::task::spawn_blocking(move || workspace::pack(&options, &out))
+        .await
+        .context("the packing task failed")?;
+    ci.group_end("pack");
+    let report = report.with_context(|| format!("failed to pack the workspace {}", config.workspace.display()))?;
+    tracing::info!("{}", describe_pack(&report));
+    Ok(report)
+}
+
+fn pack_options(config: &Config) -> PackOptions {
+    PackOptions {
+        root: config.workspace.clone(),
+        include: config.include.clone(),
+        exclude: config.exclude.clone(),
+        gitignore: config.gitignore,
+        include_git: config.include_git,
+        always_exclude: vec![config.log_file.clone()],
+        level: config.compression_level,
+    }
+}
+
+fn describe_pack(report: &PackReport) -> String {
+    format!(
+        "packed {} files ({}) into {} in {:.1}s",
+        report.files,
+        human_bytes(report.bytes_in),
+        human_bytes(report.bytes_out),
+        report.elapsed.as_secs_f64()
+    )
+}
+
+/// Creates the run directory and uploads the workspace and the forwarded
+/// environment; `Ok(None)` when CI stopped the run meanwhile.
+async fn place_workspace(
+    config: &Config,
+    ci: &Ci,
+    remote: &Remote<'_>,
+    archive: &Path,
+    stop: &StopSignal,
+) -> Result<Option<StagedWorkspace>> {
+    remote
+        .backend
+        .create_private_dir(&remote.run_dir)
+        .await
+        .with_context(|| format!("failed to create the run directory {}", remote.run_dir))?;
+    tracing::info!("run directory {}", remote.run_dir);
+    if !config.env_vars.is_empty() {
+        let contents = script::render_env_file(&config.env_vars).into_bytes();
+        remote
+            .backend
+            .put_file(&remote.run_dir, ENV_FILE_NAME, contents)
+            .await
+            .context("failed to place the forwarded environment variables")?;
+    }
+    if stopped(stop).is_some() {
+        return Ok(None);
+    }
+    ci.group_start("upload", "Uploading the workspace");
+    let mut stop_rx = stop.clone();
+    let upload = remote.backend.upload_workspace(archive, &remote.run_dir);
+    let result = tokio::select! {
+        result = upload => Some(result),
+        _ = wait_for_stop(&mut stop_rx) => None,
+    };
+    ci.group_end("upload");
+    match result {
+        None => Ok(None),
+        Some(result) => result.context("failed to upload the workspace").map(Some),
+    }
+}
+
+fn script_spec(config: &Config, run_dir: &str, staged: &StagedWorkspace, pack: &PackReport) -> ScriptSpec {
+    let resources = &config.resources;
+    ScriptSpec {
+        job_name: config.job_name.clone(),
+        run_dir: run_dir.to_string(),
+        output_file: format!("{run_dir}/{OUTPUT_NAME}"),
+        error_file: config
+            .separate_stderr
+            .then(|| format!("{run_dir}/{ERROR_NAME}")),
+        time_limit: resources.time_limit.clone(),
+        nodes: resources.nodes.clone(),
+        ntasks: resources.ntasks,
+        gpus: resources.gpus.clone(),
+        constraint: resources.constraint.clone(),
+        extra_options: resources.sbatch_options.clone(),
+        archive_parts: staged.parts.clone(),
+        archive_sha256: pack.sha256.clone(),
+        env_file: (!config.env_vars.is_empty()).then(|| ENV_FILE_NAME.to_string()),
+        command: match &config.command {
+            UserCommand::Inline(text) => script::Command::Inline(text.clone()),
+            UserCommand::ScriptFile(path) => script::Command::ScriptFile(path.clone()),
+        },
+        artifacts: config.artifacts.clone(),
+        artifacts_archive: format!("{run_dir}/{ARTIFACTS_NAME}"),
+    }
+}
+
+/// Outputs a later `if: cancelled()` step or an `after_script` can act on.
+fn write_early_outputs(config: &Config, ci: &Ci, job: &JobId, run_dir: &str) {
+    for (name, value) in [
+        ("job-id", job.0.clone()),
+        ("remote-dir", run_dir.to_string()),
+        ("log-file", config.log_file.display().to_string()),
+    ] {
+        if let Err(err) = ci.set_output(name, &value) {
+            tracing::warn!("could not write the step output {name}: {err:#}");
+        }
+    }
+}
+
+struct CiSink<'a>(&'a Ci);
+
+impl OutputSink for CiSink<'_> {
+    fn job_output(&self, bytes: &[u8]) {
+        self.0.print_untrusted(bytes);
+    }
+}
+
+async fn watch_job(
+    config: &Config,
+    ci: &Ci,
+    remote: &Remote<'_>,
+    job: &JobId,
+    staged: &StagedWorkspace,
+    stop: &mut StopSignal,
+) -> Result<Ended> {
+    let mut log = std::fs::File::create(&config.log_file)
+        .with_context(|| format!("failed to create the log file {}", config.log_file.display()))?;
+    let mut files = vec![OutputFile::new(remote.path(OUTPUT_NAME))];
+    if config.separate_stderr {
+        files.push(OutputFile::new(remote.path(ERROR_NAME)));
+    }
+    let settings = WatchSettings {
+        state_interval: config.poll.state_interval,
+        log_interval: config.poll.log_interval,
+        log_max_interval: config.poll.log_max_interval,
+        submit_grace: config.poll.submit_grace,
+        ..WatchSettings::default()
+    };
+    let deadline = config
+        .timeout
+        .map(|t| tokio::time::Instant::now() + t.saturating_sub(START.elapsed()));
+    let sink = CiSink(ci);
+    let mut watcher = Watcher::new(remote.backend, &sink, Some(&mut log), settings, files);
+    ci.group_start("job-output", &format!("Output of job {job}"));
+    let end = watcher.watch(job, stop, deadline).await;
+    let ended = match end {
+        Ok(WatchEnd::Finished(status)) => Ok(Ended::Finished(outcome::outcome_for(&status))),
+        Ok(WatchEnd::Stopped(signal)) => {
+            tracing::warn!("cancelling job {job}: CI stopped the run");
+            cancel_all(remote.backend, job, staged, STOP_CANCEL_BUDGET).await;
+            watcher.drain_within(STOP_DRAIN_BUDGET).await;
+            Ok(Ended::Stopped(signal))
+        }
+        Ok(WatchEnd::DeadlineReached) => {
+            tracing::warn!("cancelling job {job}: the run's timeout expired");
+            cancel_all(remote.backend, job, staged, STOP_CANCEL_BUDGET * 2).await;
+            watcher.drain_within(STOP_DRAIN_BUDGET * 2).await;
+            Ok(Ended::Deadline)
+        }
+        Err(err) => {
+            tracing::warn!("cancelling job {job}: the run cannot follow it any more");
+            cancel_all(remote.backend, job, staged, STOP_CANCEL_BUDGET * 2).await;
+            Err(err)
+        }
+    };
+    ci.finish_untrusted();
+    ci.group_end("job-output");
+    tracing::debug!(stats = ?watcher.stats, "watching done");
+    ended
+}
+
+/// Cancels the job and the transfer job it waits for, within `limit`.
+async fn cancel_all(backend: &dyn Backend, job: &JobId, staged: &StagedWorkspace, limit: Duration) {
+    let work = async {
+        match backend.cancel(job).await {
+            Ok(()) => tracing::info!("job {job} cancelled"),
+            Err(err) => tracing::error!("could not cancel job {job}: {err:#}"),
+        }
+        if let Some(transfer) = &staged.transfer_job {
+            if let Err(err) = backend.cancel(transfer).await {
+                tracing::warn!("could not cancel transfer job {transfer}: {err:#}");
+            }
+        }
+    };
+    if tokio::time::timeout(limit, work).await.is_err() {
+        tracing::error!("cancelling job {job} did not finish in {}s", limit.as_secs());
+    }
+}
+
+async fn finish(
+    config: &Config,
+    ci: &Ci,
+    remote: &Remote<'_>,
+    job: &JobId,
+    staged: &StagedWorkspace,
+    ended: Result<Ended>,
+) -> Result<i32> {
+    let _ = staged;
+    let ended = match ended {
+        Ok(ended) => ended,
+        Err(err) => {
+            if config.cleanup.should_remove(false) {
+                remote.cleanup().await;
+            }
+            return Err(err);
+        }
+    };
+    match ended {
+        Ended::Stopped(signal) => {
+            if config.cleanup.should_remove(false) {
+                remote.cleanup_within(STOP_CLEANUP_BUDGET).await;
+            }
+            let code = outcome::ci_signal_code(signal);
+            report_stopped(ci, job, code, "CI cancelled the run; the job was cancelled");
+            Ok(code)
+        }
+        Ended::Deadline => {
+            if config.cleanup.should_remove(false) {
+                remote.cleanup().await;
+            }
+            let message = format!(
+                "the run's timeout of {} expired; the job was cancelled",
+                humantime::format_duration(config.timeout.unwrap_or_default())
+            );
+            report_stopped(ci, job, codes::RUN_TIMEOUT, &message);
+            Ok(codes::RUN_TIMEOUT)
+        }
+        Ended::Finished(outcome) => {
+            if !config.artifacts.is_empty() && config.artifacts_when.matches(outcome.success) {
+                fetch_artifacts(config, ci, remote).await;
+            }
+            if config.cleanup.should_remove(outcome.success) {
+                remote.cleanup().await;
+            } else {
+                tracing::info!("kept {} (cleanup: {:?})", remote.run_dir, config.cleanup);
+            }
+            report_outcome(config, ci, job, &outcome);
+            Ok(outcome.exit_code)
+        }
+    }
+}
+
+async fn fetch_artifacts(config: &Config, ci: &Ci, remote: &Remote<'_>) {
+    ci.group_start("artifacts", "Fetching artifacts");
+    let result = async {
+        let scratch = tempfile::Builder::new()
+            .prefix("firecrest-ci-artifacts-")
+            .tempdir()
+            .context("failed to create a temporary directory for the artifacts")?;
+        let local = scratch.path().join(ARTIFACTS_NAME);
+        let found = remote
+            .backend
+            .download(&remote.path(ARTIFACTS_NAME), &local)
+            .await
+            .context("failed to download the artifacts")?;
+        if !found {
+            tracing::warn!("the job left no artifacts archive: none of the artifact paths matched");
+            return Ok(());
+        }
+        let dest = config.workspace.clone();
+        let report = tokio::task::spawn_blocking(move || workspace::unpack_artifacts(&local, &dest))
+            .await
+            .context("the unpacking task failed")?
+            .context("failed to unpack the artifacts")?;
+        tracing::info!("artifacts unpacked into {}: {:?}", config.workspace.display(), report);
+        anyhow::Ok(())
+    }
+    .await;
+    ci.group_end("artifacts");
+    if let Err(err) = result {
+        ci.warning("artifacts", &format!("{err:#}"));
+    }
+}
+
+fn report_outcome(config: &Config, ci: &Ci, job: &JobId, outcome: &Outcome) {
+    let line = format!(
+        "job {job} {}: exit code {} ({})",
+        outcome.state, outcome.exit_code, outcome.reason
+    );
+    ci.print_line(&format!("firecrest-ci: {line}"));
+    set_final_outputs(ci, &outcome.state, outcome.exit_code);
+    let summary = format!(
+        "### firecrest-ci: job {job}\n\n| state | exit code | reason | job name |\n|---|---|---|---|\n| {} | {} | {} | {} |\n",
+        outcome.state,
+        outcome.exit_code,
+        outcome.reason.replace('|', "\\|"),
+        config.job_name
+    );
+    if let Err(err) = ci.append_summary(&summary) {
+        tracing::warn!("could not write the step summary: {err:#}");
+    }
+    if !outcome.success {
+        ci.error(&format!("job {job} {}", outcome.state), &outcome.reason);
+    }
+}
+
+fn report_stopped(ci: &Ci, job: &JobId, code: i32, message: &str) {
+    ci.print_line(&format!("firecrest-ci: job {job}: {message} (exit code {code})"));
+    set_final_outputs(ci, "CANCELLED", code);
+    ci.error(&format!("job {job} cancelled"), message);
+}
+
+fn set_final_outputs(ci: &Ci, state: &str, code: i32) {
+    for (name, value) in [("state", state.to_string()), ("exit-code", code.to_string())] {
+        if let Err(err) = ci.set_output(name, &value) {
+            tracing::warn!("could not write the step output {name}: {err:#}");
+        }
+    }
+}
+
+/// `firecrest-ci cancel <job-id>`: for a GitLab `after_script` or a GitHub
+/// `if: cancelled()` step, when the run itself was killed before it could
+/// cancel. A job that already ended is left alone.
+pub async fn cancel_job(config: &Config, ci: &Arc<Ci>, job: &str) -> Result<i32> {
+    if job.is_empty() || !job.chars().all(|c| c.is_ascii_alphanumeric()) {
+        anyhow::bail!("{job:?} is not a job id: it should be a number such as 12345");
+    }
+    let backend = connect(config, ci)?;
+    let id = JobId(job.to_string());
+    match backend.job_status(&id).await.context("failed to read the job state")? {
+        None => tracing::info!("job {id} is not known to the scheduler; nothing to cancel"),
+        Some(status) if outcome::SlurmState::parse(&status.state).is_final() => {
+            tracing::info!("job {id} already ended ({}); nothing to cancel", status.state)
+        }
+        Some(_) => {
+            backend
+                .cancel(&id)
+                .await
+                .with_context(|| format!("failed to cancel job {id}"))?;
+            tracing::info!("job {id} cancelled");
+        }
+    }
+    Ok(codes::SUCCESS)
+}
+
+/// Builds the backend the configuration asks for. No network traffic yet.
+pub fn connect(config: &Config, ci: &Arc<Ci>) -> Result<Box<dyn Backend>> {
+    Ok(match config.backend {
+        BackendKind::Firecrest => {
+            let settings = config
+                .firecrest
+                .as_ref()
+                .context("the firecrest backend needs FIRECREST_URL")?;
+            let masker = ci.clone();
+            Box::new(backend::firecrest::FirecrestBackend::new(
+                settings,
+                &config.poll,
+                config.transfer_threshold,
+                Arc::new(move |token: &str| masker.mask(token)),
+            )?)
+        }
+        BackendKind::Slurm => Box::new(backend::slurm::SlurmBackend::new()),
+        BackendKind::Local => Box::new(backend::local::LocalBackend::new()),
+    })
+}
+
+async fn dry_run(config: &Config, ci: &Ci, run_name: &str) -> Result<i32> {
+    tracing::info!("dry run: nothing is sent to a cluster");
+    let scratch = tempfile::Builder::new()
+        .prefix("firecrest-ci-")
+        .tempdir()
+        .context("failed to create a temporary directory for the workspace archive")?;
+    let archive = scratch.path().join(ARCHIVE_NAME);
+    let pack = pack_workspace(config, ci, &archive).await?;
+    let base = config
+        .remote_dir
+        .clone()
+        .unwrap_or_else(|| match config.backend {
+            BackendKind::Firecrest => "<default work dir>/<user>/firecrest-ci".to_string(),
+            _ => "<base directory>".to_string(),
+        });
+    let run_dir = format!("{}/{}", base.trim_end_matches('/'), run_name);
+    let staged = StagedWorkspace {
+        parts: vec![ARCHIVE_NAME.to_string()],
+        transfer_job: None,
+    };
+    let script = script::render(&script_spec(config, &run_dir, &staged, &pack))
+        .context("failed to render the batch script")?;
+
+    let mut plan = String::new();
+    plan.push_str(&format!("workspace: {}\n", config.workspace.display()));
+    plan.push_str(&format!("  {}\n  sha256 {}\n", describe_pack(&pack), pack.sha256));
+    plan.push_str(&format!("run directory: {run_dir}\n"));
+    plan.push_str(&format!("job name: {}\n", config.job_name));
+    plan.push_str("plan:\n");
+    for (n, step) in plan_steps(config, &run_dir).iter().enumerate() {
+        plan.push_str(&format!("  {}. {step}\n", n + 1));
+    }
+    ci.print_line(&plan);
+    ci.group_start("script", "Batch script");
+    ci.print_line(&script);
+    ci.group_end("script");
+    Ok(codes::SUCCESS)
+}
+
+/// Every call the run would make, for the dry run.
+fn plan_steps(config: &Config, run_dir: &str) -> Vec<String> {
+    let when = |label: &str| format!("{label} ({:?})", config.cleanup);
+    match config.backend {
+        BackendKind::Firecrest => {
+            let (system, auth) = match &config.firecrest {
+                Some(settings) => (
+                    settings.system.clone(),
+                    match &settings.credentials {
+                        Credentials::ClientCredentials { token_url, .. } => {
+                            format!("POST {token_url} (client credentials grant; refreshed before expiry)")
+                        }
+                        Credentials::AccessToken(_) => "use the given access token".to_string(),
+                    },
+                ),
+                None => ("<system>".to_string(), "POST <token url> (client credentials grant)".to_string()),
+            };
+            let mut steps = vec![
+                auth,
+                "GET /status/systems (upload size limit, default work directory)".to_string(),
+            ];
+            if config.remote_dir.is_none() {
+                steps.push(format!("GET /status/{system}/userinfo (user name for the base directory)"));
+            }
+            steps.push(format!("POST /filesystem/{system}/ops/mkdir {run_dir}, PUT ops/chmod 700"));
+            if !config.env_vars.is_empty() {
+                steps.push(format!(
+                    "POST /filesystem/{system}/ops/upload {ENV_FILE_NAME} ({} forwarded variables)",
+                    config.env_vars.len()
+                ));
+            }
+            steps.push(format!(
+                "POST /filesystem/{system}/ops/upload {ARCHIVE_NAME} (in parts above the server's limit; \
+                 through POST /filesystem/{system}/transfer/upload and S3 above {})",
+                human_bytes(config.transfer_threshold)
+            ));
+            steps.push(format!("POST /compute/{system}/jobs (job {})", config.job_name));
+            steps.push(format!(
+                "GET /compute/{system}/jobs/<id> every {}s; GET /filesystem/{system}/ops/tail of {run_dir}/{OUTPUT_NAME} from the last byte shown",
+                config.poll.state_interval.as_secs()
+            ));
+            if !config.artifacts.is_empty() {
+                steps.push(format!(
+                    "GET /filesystem/{system}/ops/download {run_dir}/{ARTIFACTS_NAME} ({:?})",
+                    config.artifacts_when
+                ));
+            }
+            steps.push(when(&format!("DELETE /filesystem/{system}/ops/rm {run_dir}")));
+            steps.push(format!("on cancel: DELETE /compute/{system}/jobs/<id>"));
+            steps
+        }
+        BackendKind::Slurm => vec![
+            format!("mkdir -m 700 {run_dir}; copy {ARCHIVE_NAME}"),
+            "sbatch --parsable".to_string(),
+            "scontrol show job / sacct every poll; read the output file".to_string(),
+            when(&format!("rm -r {run_dir}")),
+            "on cancel: scancel <id>".to_string(),
+        ],
+        BackendKind::Local => vec![
+            format!("mkdir -m 700 {run_dir}; copy {ARCHIVE_NAME}"),
+            "bash -l <batch script> in its own process group".to_string(),
+            when(&format!("rm -r {run_dir}")),
+            "on cancel: SIGTERM, then SIGKILL, to the job's process group".to_string(),
+        ],
+    }
+}
+
+/// When the process started, for the run's overall timeout.
+static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+/// Notes the process start time; call first thing in `main`.
+pub fn mark_start() {
+    std::sync::LazyLock::force(&START);
+}
+
+fn stopped(stop: &StopSignal) -> Option<i32> {
+    *stop.borrow()
+}
+
+fn signal_code(stop: &StopSignal) -> i32 {
+    stopped(stop).map_or(codes::INTERNAL, outcome::ci_signal_code)
+}
+
+async fn wait_for_stop(stop: &mut StopSignal) {
+    loop {
+        if stop.borrow().is_some() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    format!("{:06x}", rand::thread_rng().gen::<u32>() & 0xff_ffff)
+}
+
+/// Sizes as people read them in a CI log.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_picks_a_readable_unit() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
+
+    #[test]
+    fn random_suffixes_differ() {
+        assert_ne!(random_suffix(), random_suffix());
+    }
+}
