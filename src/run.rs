@@ -318,7 +318,7 @@ async fn watch_job(
             Err(err)
         }
     };
-    ci.finish_untrusted();
+    ci.finish();
     ci.group_end("job-output");
     tracing::debug!(stats = ?watcher.stats, "watching done");
     ended
