@@ -2,7 +2,7 @@
 //! every problem is found and reported at once, before anything is sent, and
 //! each message names the variable it comes from and what a valid value is.
 //!
-//! Two phases: `envy` reads every `FIRECREST_*` variable into [`RawInputs`]
+//! Two phases: `envy` reads every `FIRECREST_*` variable into `RawInputs`
 //! (all `Option<String>`, empty = unset), then [`Config::from_env`] turns the
 //! raw strings into typed values. The environment arrives as a map, so tests
 //! never touch the process environment. The [`INPUTS`] table is the single
@@ -724,16 +724,21 @@ impl Config {
         let mut p = Problems::default();
         let raw = RawInputs::from_env(env, &mut p);
 
-        let backend = p
-            .parse("FIRECREST_BACKEND", raw.backend.as_deref(), parse_backend)
-            .unwrap_or(BackendKind::Firecrest);
+        // `None` only when the value is invalid: unset means firecrest, never a
+        // silent fallback to another backend.
+        let backend = match raw.backend.as_deref() {
+            None => Some(BackendKind::Firecrest),
+            Some(value) => p.parse("FIRECREST_BACKEND", Some(value), parse_backend),
+        };
         let dry_run_input = p
             .parse("FIRECREST_DRY_RUN", raw.dry_run.as_deref(), parse_bool)
             .unwrap_or(false);
         let dry_run = flags.dry_run || dry_run_input;
+        // An invalid backend was reported; checking firecrest inputs for it
+        // would only add noise.
         let firecrest = match backend {
-            BackendKind::Firecrest => firecrest_settings(&raw, env, dry_run, &mut p),
-            BackendKind::Slurm | BackendKind::Local => None,
+            Some(BackendKind::Firecrest) => firecrest_settings(&raw, env, dry_run, &mut p),
+            Some(BackendKind::Slurm | BackendKind::Local) | None => None,
         };
 
         let identity = RunIdentity::from_env(env);
@@ -822,7 +827,7 @@ impl Config {
         let workspace = workspace.unwrap_or_else(|| cwd.to_path_buf());
         let log_file = log_file.unwrap_or_else(|| workspace.join(DEFAULT_LOG_FILE));
         Ok(Config {
-            backend,
+            backend: backend.unwrap_or(BackendKind::Firecrest),
             firecrest,
             resources,
             job_name,
@@ -894,8 +899,6 @@ fn firecrest_settings(
         .parse("FIRECREST_URL", raw.url.as_deref(), parse_http_url)
         .map(|url| url.trim_end_matches('/').to_string());
     let system = p.parse("FIRECREST_SYSTEM", raw.system.as_deref(), parse_system);
-    let credentials = credentials(raw, env, dry_run, p);
-
     if !dry_run {
         if raw.url.is_none() {
             p.add(
@@ -910,6 +913,7 @@ fn firecrest_settings(
             );
         }
     }
+    let credentials = credentials(raw, env, dry_run, p);
     Some(FirecrestSettings {
         url: url?,
         system: system?,
@@ -1856,4 +1860,1584 @@ fn parse_compression_level(value: &str) -> Result<u32, String> {
     parse_positive(value)
         .filter(|level| (1..=9).contains(level))
         .ok_or_else(|| "must be a gzip level from 1 (fast) to 9 (small)".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A workspace directory; kept alive as long as the test runs.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        ws: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().canonicalize().unwrap();
+        Fixture { _dir: dir, ws }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The smallest valid configuration (local backend) plus `extra`.
+    fn env_with(fx: &Fixture, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut env = map(&[
+            ("FIRECREST_WORKSPACE", fx.ws.to_str().unwrap()),
+            ("FIRECREST_RUN", "make test"),
+            ("FIRECREST_BACKEND", "local"),
+        ]);
+        env.extend(map(extra));
+        env
+    }
+
+    fn load(fx: &Fixture, extra: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        Config::from_env(&env_with(fx, extra), &fx.ws, &CliFlags::default())
+    }
+
+    fn ok(fx: &Fixture, extra: &[(&str, &str)]) -> Config {
+        match load(fx, extra) {
+            Ok(config) => config,
+            Err(errors) => panic!("unexpected problems for {extra:?}:\n{errors}"),
+        }
+    }
+
+    /// The problems of a configuration that must fail.
+    fn problems(fx: &Fixture, extra: &[(&str, &str)]) -> Vec<ConfigProblem> {
+        match load(fx, extra) {
+            Ok(config) => panic!("expected a problem for {extra:?}, got {config:?}"),
+            Err(errors) => errors.problems,
+        }
+    }
+
+    /// The single problem a configuration has, which must name `var`.
+    fn problem(fx: &Fixture, var: &str, value: &str) -> String {
+        let found = problems(fx, &[(var, value)]);
+        assert_eq!(found.len(), 1, "one problem for {var}={value:?}: {found:?}");
+        assert!(
+            found[0].variables.contains(&var),
+            "{var} named in {:?}",
+            found[0]
+        );
+        found[0].message.clone()
+    }
+
+    const FIRECREST_OK: &[(&str, &str)] = &[
+        ("FIRECREST_BACKEND", "firecrest"),
+        ("FIRECREST_URL", "https://api.example.org/firecrest/v2/"),
+        ("FIRECREST_SYSTEM", "daint"),
+        ("FIRECREST_CLIENT_ID", "ci-client"),
+        ("FIRECREST_CLIENT_SECRET", "s3cr3t-client-value"),
+        ("FIRECREST_TOKEN_URL", "https://auth.example.org/token"),
+    ];
+
+    // ------------------------------------------------ the table and envy
+
+    #[test]
+    fn raw_inputs_has_one_field_per_input() {
+        let fields = serde_json::to_value(RawInputs::default()).unwrap();
+        let fields: Vec<String> = fields.as_object().unwrap().keys().cloned().collect();
+        let mut expected: Vec<String> = INPUTS
+            .iter()
+            .map(|spec| spec.env.strip_prefix(PREFIX).unwrap().to_lowercase())
+            .collect();
+        expected.sort();
+        let mut fields = fields;
+        fields.sort();
+        assert_eq!(fields, expected);
+    }
+
+    #[test]
+    fn envy_reads_every_input_from_its_variable() {
+        for spec in INPUTS {
+            let mut p = Problems::default();
+            let raw = RawInputs::from_env(&map(&[(spec.env, "some value")]), &mut p);
+            assert!(p.0.is_empty());
+            let fields = serde_json::to_value(&raw).unwrap();
+            let set: Vec<&String> = fields
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(set.len(), 1, "{} fills exactly one field", spec.env);
+            assert_eq!(fields[set[0]], "some value");
+        }
+    }
+
+    #[test]
+    fn input_table_is_consistent() {
+        for spec in INPUTS {
+            assert_eq!(
+                spec.env,
+                format!("{PREFIX}{}", spec.name.replace('-', "_").to_uppercase())
+                    .replace("FIRECREST_FIRECREST_", "FIRECREST_"),
+                "{} and {} name the same input",
+                spec.name,
+                spec.env
+            );
+            assert!(!spec.description.is_empty());
+            assert!(!spec.secret || spec.default.is_empty());
+        }
+        let mut names: Vec<&str> = INPUTS.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), INPUTS.len(), "input names are unique");
+    }
+
+    #[test]
+    fn readme_input_table_matches_the_code() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let table = inputs_markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md must contain the table from inputs_markdown_table():\n{table}"
+        );
+        assert_eq!(table.lines().count(), INPUTS.len() + 2);
+        for spec in INPUTS {
+            assert!(table.contains(&format!("| `{}` | `{}` |", spec.name, spec.env)));
+        }
+    }
+
+    #[test]
+    fn action_defaults_mean_the_same_as_unset() {
+        let fx = fixture();
+        let mut base = env_with(&fx, FIRECREST_OK);
+        base.remove("FIRECREST_BACKEND");
+        let config = |env: &BTreeMap<String, String>| {
+            format!(
+                "{:?}",
+                Config::from_env(env, &fx.ws, &CliFlags::default()).unwrap()
+            )
+        };
+        let unset = config(&base);
+        for spec in INPUTS.iter().filter(|s| !s.default.is_empty()) {
+            let mut env = base.clone();
+            env.insert(spec.env.into(), spec.default.into());
+            assert_eq!(
+                config(&env),
+                unset,
+                "{}={} is the default",
+                spec.env,
+                spec.default
+            );
+        }
+    }
+
+    #[test]
+    fn documented_defaults_are_the_code_defaults() {
+        let fx = fixture();
+        let unset = format!("{:?}", ok(&fx, &[]));
+        for env in [
+            "FIRECREST_POLL_INTERVAL",
+            "FIRECREST_LOG_INTERVAL",
+            "FIRECREST_SUBMIT_GRACE",
+            "FIRECREST_REQUEST_TIMEOUT",
+            "FIRECREST_TRANSFER_THRESHOLD",
+            "FIRECREST_COMPRESSION_LEVEL",
+        ] {
+            let spec = INPUTS.iter().find(|s| s.env == env).unwrap();
+            let set = format!("{:?}", ok(&fx, &[(env, spec.default_doc)]));
+            assert_eq!(set, unset, "{env}={} is the default", spec.default_doc);
+        }
+    }
+
+    // ------------------------------------------------ every input
+
+    #[test]
+    fn every_input_is_parsed() {
+        let fx = fixture();
+        std::fs::create_dir(fx.ws.join("logs")).unwrap();
+        let env = map(&[
+            ("FIRECREST_URL", "https://api.example.org/firecrest/v2/"),
+            ("FIRECREST_TOKEN_URL", "https://auth.example.org/token"),
+            ("FIRECREST_CLIENT_ID", "ci-client"),
+            ("FIRECREST_CLIENT_SECRET", "client-secret-value"),
+            ("FIRECREST_SYSTEM", "daint"),
+            ("FIRECREST_ACCOUNT", "g123"),
+            ("FIRECREST_PARTITION", "normal,debug"),
+            ("FIRECREST_RESERVATION", "maint"),
+            ("FIRECREST_CONSTRAINT", "gpu&(a100|h100)"),
+            ("FIRECREST_TIME_LIMIT", "90m"),
+            ("FIRECREST_NODES", "1-4"),
+            ("FIRECREST_NTASKS", "8"),
+            ("FIRECREST_GPUS", "a100:4"),
+            (
+                "FIRECREST_SBATCH_OPTIONS",
+                "--mem=8G\n# a comment\n\n--exclusive\n",
+            ),
+            ("FIRECREST_JOB_NAME", "nightly.tests_1"),
+            ("FIRECREST_RUN", "make\nmake test\n"),
+            ("FIRECREST_WORKSPACE", fx.ws.to_str().unwrap()),
+            ("FIRECREST_INCLUDE", "src/**\nCargo.*"),
+            ("FIRECREST_EXCLUDE", "target/\n*.tmp"),
+            ("FIRECREST_GITIGNORE", "no"),
+            ("FIRECREST_INCLUDE_GIT", "yes"),
+            ("FIRECREST_ENV_VARS", "BUILD_MODE, CC"),
+            ("BUILD_MODE", "release"),
+            ("CC", "gcc"),
+            ("FIRECREST_ARTIFACTS", "./build/*.xml\nreport.html"),
+            ("FIRECREST_ARTIFACTS_WHEN", "on-failure"),
+            ("FIRECREST_REMOTE_DIR", "/scratch/g123/ci/"),
+            ("FIRECREST_CLEANUP", "on-success"),
+            ("FIRECREST_TIMEOUT", "2h"),
+            ("FIRECREST_BACKEND", "firecrest"),
+            ("FIRECREST_DRY_RUN", "true"),
+            ("FIRECREST_LOG_LEVEL", "TRACE"),
+            ("FIRECREST_LOG_FILE", "logs/job.log"),
+            ("FIRECREST_SEPARATE_STDERR", "1"),
+            ("FIRECREST_POLL_INTERVAL", "20"),
+            ("FIRECREST_LOG_INTERVAL", "500ms"),
+            ("FIRECREST_SUBMIT_GRACE", "5m"),
+            ("FIRECREST_REQUEST_TIMEOUT", "45s"),
+            ("FIRECREST_TRANSFER_THRESHOLD", "100MB"),
+            ("FIRECREST_COMPRESSION_LEVEL", "9"),
+        ]);
+        for spec in INPUTS {
+            if spec.env != "FIRECREST_ACCESS_TOKEN" && spec.env != "FIRECREST_SCRIPT" {
+                assert!(env.contains_key(spec.env), "the test sets {}", spec.env);
+            }
+        }
+        let c = Config::from_env(&env, Path::new("/"), &CliFlags::default()).unwrap();
+        assert_eq!(c.backend, BackendKind::Firecrest);
+        assert_eq!(
+            c.firecrest,
+            Some(FirecrestSettings {
+                url: "https://api.example.org/firecrest/v2".into(),
+                system: "daint".into(),
+                credentials: Credentials::ClientCredentials {
+                    token_url: "https://auth.example.org/token".into(),
+                    client_id: "ci-client".into(),
+                    client_secret: Secret::new("client-secret-value"),
+                },
+            })
+        );
+        assert_eq!(
+            c.resources,
+            Resources {
+                account: Some("g123".into()),
+                partition: Some("normal,debug".into()),
+                reservation: Some("maint".into()),
+                constraint: Some("gpu&(a100|h100)".into()),
+                time_limit: Some("01:30:00".into()),
+                nodes: Some("1-4".into()),
+                ntasks: Some(8),
+                gpus: Some("a100:4".into()),
+                sbatch_options: vec!["--mem=8G".into(), "--exclusive".into()],
+            }
+        );
+        assert_eq!(c.job_name, "nightly.tests_1");
+        assert_eq!(c.command, UserCommand::Inline("make\nmake test\n".into()));
+        assert_eq!(c.workspace, fx.ws);
+        assert_eq!(c.include, ["src/**", "Cargo.*"]);
+        assert_eq!(c.exclude, ["target/", "*.tmp"]);
+        assert!(!c.gitignore);
+        assert!(c.include_git);
+        assert_eq!(c.env_vars.keys().collect::<Vec<_>>(), ["BUILD_MODE", "CC"]);
+        assert_eq!(c.env_vars["BUILD_MODE"].expose(), "release");
+        assert_eq!(c.artifacts, ["build/*.xml", "report.html"]);
+        assert_eq!(c.artifacts_when, ArtifactsWhen::OnFailure);
+        assert_eq!(c.remote_dir.as_deref(), Some("/scratch/g123/ci"));
+        assert_eq!(c.cleanup, Cleanup::OnSuccess);
+        assert_eq!(c.timeout, Some(Duration::from_secs(7200)));
+        assert!(c.dry_run);
+        assert_eq!(c.log_level, "trace");
+        assert_eq!(c.log_file, fx.ws.join("logs/job.log"));
+        assert!(c.separate_stderr);
+        assert_eq!(
+            c.poll,
+            PollSettings {
+                state_interval: Duration::from_secs(20),
+                log_interval: Duration::from_millis(500),
+                log_max_interval: Duration::from_secs(10),
+                submit_grace: Duration::from_secs(300),
+                request_timeout: Duration::from_secs(45),
+            }
+        );
+        assert_eq!(c.transfer_threshold, 100_000_000);
+        assert_eq!(c.compression_level, 9);
+    }
+
+    #[test]
+    fn defaults_when_nothing_optional_is_set() {
+        let fx = fixture();
+        let c = ok(&fx, &[]);
+        assert_eq!(c.backend, BackendKind::Local);
+        assert_eq!(c.firecrest, None);
+        assert_eq!(c.resources, Resources::default());
+        assert_eq!(c.job_name, "fci-local");
+        assert!(c.include.is_empty() && c.exclude.is_empty() && c.artifacts.is_empty());
+        assert!(c.gitignore);
+        assert!(!c.include_git);
+        assert!(c.env_vars.is_empty());
+        assert_eq!(c.artifacts_when, ArtifactsWhen::Always);
+        assert_eq!(c.remote_dir, None);
+        assert_eq!(c.cleanup, Cleanup::Always);
+        assert_eq!(c.timeout, None);
+        assert!(!c.dry_run);
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.log_file, fx.ws.join("firecrest-ci.log"));
+        assert!(!c.separate_stderr);
+        assert_eq!(c.poll.state_interval, Duration::from_secs(10));
+        assert_eq!(c.poll.log_interval, Duration::from_secs(1));
+        assert_eq!(c.poll.log_max_interval, Duration::from_secs(10));
+        assert_eq!(c.poll.submit_grace, Duration::from_secs(120));
+        assert_eq!(c.poll.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.transfer_threshold, 256 * 1024 * 1024);
+        assert_eq!(c.compression_level, 6);
+    }
+
+    #[test]
+    fn empty_and_blank_values_count_as_unset() {
+        let fx = fixture();
+        let unset = format!("{:?}", ok(&fx, &[]));
+        let mut env = map(&[]);
+        for (i, spec) in INPUTS.iter().enumerate() {
+            env.insert(
+                spec.env.to_string(),
+                if i % 2 == 0 { "" } else { "  \n" }.into(),
+            );
+        }
+        env.insert(TOKEN_URL_ALIAS.into(), String::new());
+        env.extend(env_with(&fx, &[]));
+        let blank = Config::from_env(&env, &fx.ws, &CliFlags::default()).unwrap();
+        assert_eq!(format!("{blank:?}"), unset);
+
+        // An empty required input is "not set", not "malformed".
+        let mut env = env_with(&fx, FIRECREST_OK);
+        env.insert("FIRECREST_URL".into(), String::new());
+        let errors = Config::from_env(&env, &fx.ws, &CliFlags::default()).unwrap_err();
+        assert_eq!(errors.problems.len(), 1);
+        assert_eq!(errors.problems[0].variables, ["FIRECREST_URL"]);
+        assert!(errors.problems[0].message.starts_with("is not set"));
+    }
+
+    #[test]
+    fn single_line_values_refuse_control_characters() {
+        let fx = fixture();
+        for var in [
+            "FIRECREST_ACCOUNT",
+            "FIRECREST_PARTITION",
+            "FIRECREST_JOB_NAME",
+            "FIRECREST_TIME_LIMIT",
+            "FIRECREST_REMOTE_DIR",
+            "FIRECREST_LOG_FILE",
+            "FIRECREST_CLEANUP",
+        ] {
+            let message = problem(&fx, var, "a\nb");
+            assert!(message.contains("single line"), "{var}: {message}");
+            let message = problem(&fx, var, "a\u{1b}b");
+            assert!(message.contains("control characters"), "{var}: {message}");
+        }
+    }
+
+    // ------------------------------------------------ scalars
+
+    #[test]
+    fn booleans() {
+        let fx = fixture();
+        for (value, expected) in [
+            ("true", true),
+            ("TRUE", true),
+            ("Yes", true),
+            ("1", true),
+            ("false", false),
+            ("No", false),
+            ("0", false),
+            (" FALSE ", false),
+        ] {
+            assert_eq!(
+                ok(&fx, &[("FIRECREST_INCLUDE_GIT", value)]).include_git,
+                expected
+            );
+            assert_eq!(
+                ok(&fx, &[("FIRECREST_GITIGNORE", value)]).gitignore,
+                expected
+            );
+            assert_eq!(
+                ok(&fx, &[("FIRECREST_SEPARATE_STDERR", value)]).separate_stderr,
+                expected
+            );
+            assert_eq!(ok(&fx, &[("FIRECREST_DRY_RUN", value)]).dry_run, expected);
+        }
+        for bad in ["y", "on", "2", "truthy"] {
+            for var in [
+                "FIRECREST_GITIGNORE",
+                "FIRECREST_INCLUDE_GIT",
+                "FIRECREST_SEPARATE_STDERR",
+                "FIRECREST_DRY_RUN",
+            ] {
+                let message = problem(&fx, var, bad);
+                assert!(message.contains("true or false"), "{message}");
+                assert!(
+                    message.contains(&format!("{bad:?}")),
+                    "shows the value: {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn time_limits_in_slurm_and_humantime_formats() {
+        let fx = fixture();
+        for (value, expected) in [
+            ("30", "00:30:00"),
+            ("90", "01:30:00"),
+            ("5:30", "00:05:30"),
+            ("1:30:00", "01:30:00"),
+            ("1-12", "1-12:00:00"),
+            ("2-03:04", "2-03:04:00"),
+            ("1-00:00:01", "1-00:00:01"),
+            ("90m", "01:30:00"),
+            ("2h", "02:00:00"),
+            ("1h 30m", "01:30:00"),
+            ("36h", "1-12:00:00"),
+            ("90s", "00:01:30"),
+            ("2 hours", "02:00:00"),
+            ("1.5h", "01:30:00"),
+        ] {
+            let c = ok(&fx, &[("FIRECREST_TIME_LIMIT", value)]);
+            assert_eq!(c.resources.time_limit.as_deref(), Some(expected), "{value}");
+        }
+        for bad in [
+            "0",
+            "00:00",
+            "1:60",
+            "1:00:60",
+            "1-24",
+            "1-1:60",
+            "1:2:3:4",
+            "1-",
+            "-1",
+            "::",
+            "2 parsecs",
+            "a",
+        ] {
+            let message = problem(&fx, "FIRECREST_TIME_LIMIT", bad);
+            assert!(message.contains("D-HH:MM:SS"), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn nodes_ntasks_and_gpus() {
+        let fx = fixture();
+        assert_eq!(
+            ok(&fx, &[("FIRECREST_NODES", "4")])
+                .resources
+                .nodes
+                .as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            ok(&fx, &[("FIRECREST_NODES", "2-8")])
+                .resources
+                .nodes
+                .as_deref(),
+            Some("2-8")
+        );
+        for bad in ["0", "-1", "4-2", "a", "1-", "1-2-3", "+3", "1.5"] {
+            assert!(
+                problem(&fx, "FIRECREST_NODES", bad).contains("MIN-MAX"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            ok(&fx, &[("FIRECREST_NTASKS", "16")]).resources.ntasks,
+            Some(16)
+        );
+        for bad in ["0", "-2", "1e3", "four", "99999999999"] {
+            assert!(
+                problem(&fx, "FIRECREST_NTASKS", bad).contains("positive whole number"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            ok(&fx, &[("FIRECREST_GPUS", "4")])
+                .resources
+                .gpus
+                .as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            ok(&fx, &[("FIRECREST_GPUS", "nvidia_a100:2")])
+                .resources
+                .gpus
+                .as_deref(),
+            Some("nvidia_a100:2")
+        );
+        for bad in ["0", "a100", "a100:0", ":2", "a 100:2", "a100:2:3"] {
+            assert!(
+                problem(&fx, "FIRECREST_GPUS", bad).contains("TYPE:N"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn slurm_placement_names() {
+        let fx = fixture();
+        let c = ok(
+            &fx,
+            &[
+                ("FIRECREST_ACCOUNT", "proj_01"),
+                ("FIRECREST_PARTITION", "normal"),
+                ("FIRECREST_RESERVATION", "res.1"),
+                ("FIRECREST_CONSTRAINT", "mc|gpu"),
+            ],
+        );
+        assert_eq!(c.resources.account.as_deref(), Some("proj_01"));
+        assert_eq!(c.resources.constraint.as_deref(), Some("mc|gpu"));
+        for (var, bad) in [
+            ("FIRECREST_ACCOUNT", "my account"),
+            ("FIRECREST_ACCOUNT", "a,b"),
+            ("FIRECREST_ACCOUNT", "acc;rm"),
+            ("FIRECREST_PARTITION", "normal debug"),
+            ("FIRECREST_PARTITION", "$(id)"),
+            ("FIRECREST_RESERVATION", "r\tx"),
+            ("FIRECREST_CONSTRAINT", "gpu && mc"),
+            ("FIRECREST_CONSTRAINT", "gpu;x"),
+        ] {
+            let message = problem(&fx, var, bad);
+            assert!(
+                message.contains("Slurm") || message.contains("single line"),
+                "{var}={bad}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let fx = fixture();
+        let vars = [
+            "FIRECREST_TIMEOUT",
+            "FIRECREST_POLL_INTERVAL",
+            "FIRECREST_LOG_INTERVAL",
+            "FIRECREST_SUBMIT_GRACE",
+            "FIRECREST_REQUEST_TIMEOUT",
+        ];
+        for (value, expected) in [
+            ("45", 45_000),
+            ("45s", 45_000),
+            ("2m", 120_000),
+            ("1h 30m", 5_400_000),
+            ("250ms", 250),
+        ] {
+            let c = ok(&fx, &vars.map(|var| (var, value)));
+            let expected = Duration::from_millis(expected);
+            assert_eq!(c.timeout, Some(expected));
+            assert_eq!(c.poll.state_interval, expected);
+            assert_eq!(c.poll.log_interval, expected);
+            assert_eq!(c.poll.submit_grace, expected);
+            assert_eq!(c.poll.request_timeout, expected);
+        }
+        for var in vars {
+            for bad in ["0", "0s", "-5", "soon", "5 parsecs", "1.5"] {
+                assert!(
+                    problem(&fx, var, bad).contains("duration above zero"),
+                    "{var}={bad}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_log_interval_raises_the_backoff_ceiling() {
+        let fx = fixture();
+        let c = ok(&fx, &[("FIRECREST_LOG_INTERVAL", "30s")]);
+        assert_eq!(c.poll.log_max_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn transfer_threshold_sizes() {
+        let fx = fixture();
+        for (value, expected) in [
+            ("0", 0),
+            ("1024", 1024),
+            ("10B", 10),
+            ("5KB", 5_000),
+            ("5kb", 5_000),
+            ("2MB", 2_000_000),
+            ("3GB", 3_000_000_000),
+            ("1TB", 1_000_000_000_000),
+            ("5KiB", 5 * 1024),
+            ("256MiB", 256 << 20),
+            ("2 GiB", 2 << 30),
+            ("1TiB", 1 << 40),
+        ] {
+            assert_eq!(
+                ok(&fx, &[("FIRECREST_TRANSFER_THRESHOLD", value)]).transfer_threshold,
+                expected,
+                "{value}"
+            );
+        }
+        for bad in ["lots", "5 XB", "-1", "1.5GB", "MiB", "99999999999TiB", "5K"] {
+            assert!(
+                problem(&fx, "FIRECREST_TRANSFER_THRESHOLD", bad).contains("256MiB"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn compression_levels() {
+        let fx = fixture();
+        for level in 1..=9u32 {
+            let c = ok(&fx, &[("FIRECREST_COMPRESSION_LEVEL", &level.to_string())]);
+            assert_eq!(c.compression_level, level);
+        }
+        for bad in ["0", "10", "fast", "-1"] {
+            assert!(problem(&fx, "FIRECREST_COMPRESSION_LEVEL", bad).contains("1 (fast) to 9"));
+        }
+    }
+
+    #[test]
+    fn words_for_backend_cleanup_artifacts_when_and_log_level() {
+        let fx = fixture();
+        assert_eq!(
+            ok(&fx, &[("FIRECREST_BACKEND", "Slurm")]).backend,
+            BackendKind::Slurm
+        );
+        assert_eq!(
+            ok(&fx, &[("FIRECREST_BACKEND", "local")]).backend,
+            BackendKind::Local
+        );
+        assert_eq!(
+            ok(&fx, &[("FIRECREST_CLEANUP", "never")]).cleanup,
+            Cleanup::Never
+        );
+        assert_eq!(
+            ok(&fx, &[("FIRECREST_CLEANUP", "ON_SUCCESS")]).cleanup,
+            Cleanup::OnSuccess
+        );
+        assert_eq!(
+            ok(&fx, &[("FIRECREST_ARTIFACTS_WHEN", "on-success")]).artifacts_when,
+            ArtifactsWhen::OnSuccess
+        );
+        for level in ["error", "warn", "info", "debug", "trace"] {
+            let c = ok(&fx, &[("FIRECREST_LOG_LEVEL", &level.to_uppercase())]);
+            assert_eq!(c.log_level, level);
+        }
+        for (var, bad, listed) in [
+            ("FIRECREST_BACKEND", "ssh", "firecrest, slurm, local"),
+            (
+                "FIRECREST_CLEANUP",
+                "sometimes",
+                "always, on-success, never",
+            ),
+            (
+                "FIRECREST_ARTIFACTS_WHEN",
+                "never",
+                "on-success, on-failure, always",
+            ),
+            (
+                "FIRECREST_LOG_LEVEL",
+                "verbose",
+                "error, warn, info, debug, trace",
+            ),
+        ] {
+            assert!(problem(&fx, var, bad).contains(listed), "{var}");
+        }
+    }
+
+    #[test]
+    fn artifacts_when_and_cleanup_decide_by_success() {
+        assert!(ArtifactsWhen::Always.matches(true) && ArtifactsWhen::Always.matches(false));
+        assert!(ArtifactsWhen::OnSuccess.matches(true) && !ArtifactsWhen::OnSuccess.matches(false));
+        assert!(!ArtifactsWhen::OnFailure.matches(true) && ArtifactsWhen::OnFailure.matches(false));
+        assert!(Cleanup::Always.should_remove(true) && Cleanup::Always.should_remove(false));
+        assert!(Cleanup::OnSuccess.should_remove(true) && !Cleanup::OnSuccess.should_remove(false));
+        assert!(!Cleanup::Never.should_remove(true) && !Cleanup::Never.should_remove(false));
+    }
+
+    // ------------------------------------------------ sbatch options
+
+    #[test]
+    fn sbatch_options_are_normalized() {
+        let fx = fixture();
+        let c = ok(
+            &fx,
+            &[(
+                "FIRECREST_SBATCH_OPTIONS",
+                "--mem=8G\r\n  --cpus-per-task 4\n\n# why: big build\n-c 4\n-c4\n--exclusive\n-Q\n--ntasks-per-node=2\n--gpus-per-node=1\n--time-min=10\n--wait-all-nodes=1\n-I60\n",
+            )],
+        );
+        assert_eq!(
+            c.resources.sbatch_options,
+            [
+                "--mem=8G",
+                "--cpus-per-task=4",
+                "-c 4",
+                "-c4",
+                "--exclusive",
+                "-Q",
+                "--ntasks-per-node=2",
+                "--gpus-per-node=1",
+                "--time-min=10",
+                "--wait-all-nodes=1",
+                "-I60",
+            ]
+        );
+    }
+
+    #[test]
+    fn sbatch_options_the_tool_sets_are_refused_with_the_input_to_use() {
+        let fx = fixture();
+        for (line, hint) in [
+            ("--output=x.log", "FIRECREST_LOG_FILE"),
+            ("-o x.log", "FIRECREST_LOG_FILE"),
+            ("--out=x", "FIRECREST_LOG_FILE"),
+            ("--error=x", "FIRECREST_SEPARATE_STDERR"),
+            ("-e x", "FIRECREST_SEPARATE_STDERR"),
+            ("--job-name=x", "FIRECREST_JOB_NAME"),
+            ("-Jx", "FIRECREST_JOB_NAME"),
+            ("--chdir=/tmp", "FIRECREST_REMOTE_DIR"),
+            ("-D /tmp", "FIRECREST_REMOTE_DIR"),
+            ("--wrap=ls", "FIRECREST_RUN"),
+            ("--export=ALL", "FIRECREST_ENV_VARS"),
+            ("--export-file=f", "FIRECREST_ENV_VARS"),
+            ("--dependency=afterok:1", "order CI jobs"),
+            ("-d afterok:1", "order CI jobs"),
+            ("--array=1-3", "one job"),
+            ("--wait", "waits"),
+            ("-W", "waits"),
+            ("--hold", "never starts"),
+            ("--parsable", "reply"),
+            ("--test-only", "FIRECREST_DRY_RUN"),
+            ("--open-mode=append", "byte offset"),
+            ("--account=x", "FIRECREST_ACCOUNT"),
+            ("-A x", "FIRECREST_ACCOUNT"),
+            ("--partition=x", "FIRECREST_PARTITION"),
+            ("-p x", "FIRECREST_PARTITION"),
+            ("--reservation=x", "FIRECREST_RESERVATION"),
+            ("--constraint=gpu", "FIRECREST_CONSTRAINT"),
+            ("-C gpu", "FIRECREST_CONSTRAINT"),
+            ("--time=10", "FIRECREST_TIME_LIMIT"),
+            ("-t 10", "FIRECREST_TIME_LIMIT"),
+            ("--nodes=2", "FIRECREST_NODES"),
+            ("-N2", "FIRECREST_NODES"),
+            ("--ntasks=2", "FIRECREST_NTASKS"),
+            ("-n 2", "FIRECREST_NTASKS"),
+            ("--gpus=2", "FIRECREST_GPUS"),
+            ("-G 2", "FIRECREST_GPUS"),
+        ] {
+            let message = problem(&fx, "FIRECREST_SBATCH_OPTIONS", line);
+            assert!(
+                message.contains("is not accepted here"),
+                "{line}: {message}"
+            );
+            assert!(message.contains(hint), "{line}: {message}");
+        }
+    }
+
+    #[test]
+    fn malformed_sbatch_options_are_refused() {
+        let fx = fixture();
+        for (line, why) in [
+            ("mem=8G", "starting with '-'"),
+            ("#SBATCH --mem=8G", "without #SBATCH, e.g. --mem=8G"),
+            ("--mem=8G --output=/etc/x", "one option per line"),
+            ("--comment=a b", "one option per line"),
+            ("--mem 8G extra", "one option per line"),
+            ("--comment=\"a\"", "quotes"),
+            ("--comment=`id`", "quotes"),
+            ("--mem=", "empty value"),
+            ("--", "not an sbatch option"),
+            ("--Mem=8G", "not an sbatch option"),
+            ("-", "not an sbatch option"),
+            ("-1", "not an sbatch option"),
+            ("-QJfoo", "cannot be combined"),
+            ("-vofile", "cannot be combined"),
+            ("--mem=8G\u{7}", "control characters"),
+        ] {
+            let message = problem(&fx, "FIRECREST_SBATCH_OPTIONS", line);
+            assert!(message.contains(why), "{line}: {message}");
+            assert!(message.starts_with("line 1 "), "{message}");
+        }
+        // Every bad line is reported, each with its line number.
+        let found = problems(
+            &fx,
+            &[("FIRECREST_SBATCH_OPTIONS", "--mem=8G\n--output=x\nbad\n")],
+        );
+        let lines: Vec<&str> = found.iter().map(|p| &p.message[..6]).collect();
+        assert_eq!(lines, ["line 2", "line 3"]);
+    }
+
+    // ------------------------------------------------ job name, command
+
+    #[test]
+    fn job_names() {
+        let fx = fixture();
+        let long = "a".repeat(128);
+        assert_eq!(ok(&fx, &[("FIRECREST_JOB_NAME", &long)]).job_name, long);
+        for bad in [&"a".repeat(129), "my job", "job;id", "jöb", "a/b"] {
+            assert!(
+                problem(&fx, "FIRECREST_JOB_NAME", bad).contains("1 to 128"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn run_and_script_exclude_each_other_and_one_is_required() {
+        let fx = fixture();
+        std::fs::write(fx.ws.join("test.sh"), "echo hi\n").unwrap();
+        let both = problems(&fx, &[("FIRECREST_SCRIPT", "test.sh")]);
+        assert_eq!(both.len(), 1);
+        assert_eq!(both[0].variables, ["FIRECREST_RUN", "FIRECREST_SCRIPT"]);
+        assert!(both[0].message.contains("not both"));
+
+        let neither = problems(&fx, &[("FIRECREST_RUN", "")]);
+        assert_eq!(neither.len(), 1);
+        assert_eq!(neither[0].variables, ["FIRECREST_RUN", "FIRECREST_SCRIPT"]);
+        assert!(neither[0].message.contains("neither is set"));
+    }
+
+    #[test]
+    fn script_must_be_a_file_inside_the_workspace() {
+        let fx = fixture();
+        std::fs::create_dir_all(fx.ws.join("ci/dir")).unwrap();
+        std::fs::write(fx.ws.join("ci/test.sh"), "make test\n").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("evil.sh"), "").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("evil.sh"), fx.ws.join("ci/link.sh"))
+            .unwrap();
+
+        let script = |value: &str| {
+            let mut env = env_with(&fx, &[("FIRECREST_SCRIPT", value)]);
+            env.remove("FIRECREST_RUN");
+            Config::from_env(&env, &fx.ws, &CliFlags::default())
+        };
+        for value in ["ci/test.sh", "./ci/test.sh", "ci//test.sh"] {
+            assert_eq!(
+                script(value).unwrap().command,
+                UserCommand::ScriptFile("ci/test.sh".into()),
+                "{value}"
+            );
+        }
+        for (value, why) in [
+            ("/etc/passwd", "relative to the workspace"),
+            ("../x.sh", "without '..'"),
+            ("ci/../ci/test.sh", "without '..'"),
+            ("ci/missing.sh", "is not a file"),
+            ("ci/dir", "not a regular file"),
+            ("ci/link.sh", "outside the workspace"),
+        ] {
+            let errors = script(value).unwrap_err().problems;
+            assert_eq!(errors.len(), 1, "{value}: {errors:?}");
+            assert_eq!(errors[0].variables, ["FIRECREST_SCRIPT"]);
+            assert!(
+                errors[0].message.contains(why),
+                "{value}: {}",
+                errors[0].message
+            );
+        }
+    }
+
+    // ------------------------------------------------ forwarded variables
+
+    #[test]
+    fn env_vars_are_forwarded_from_the_environment() {
+        let fx = fixture();
+        let c = ok(
+            &fx,
+            &[
+                ("FIRECREST_ENV_VARS", "A_1\nB, _C  A_1"),
+                ("A_1", "one"),
+                ("B", "two, with comma"),
+                ("_C", " "),
+            ],
+        );
+        let values: Vec<(&str, &str)> = c
+            .env_vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        assert_eq!(
+            values,
+            [("A_1", "one"), ("B", "two, with comma"), ("_C", " ")]
+        );
+    }
+
+    #[test]
+    fn env_vars_problems() {
+        let fx = fixture();
+        for (list, extra, why) in [
+            ("1ABC", &[][..], "not a variable name"),
+            ("A-B", &[], "not a variable name"),
+            ("$HOME", &[], "not a variable name"),
+            ("MISSING", &[], "MISSING is to be forwarded but is not set"),
+            (
+                "EMPTY",
+                &[("EMPTY", "")],
+                "EMPTY is to be forwarded but is not set",
+            ),
+            (
+                "FIRECREST_CLIENT_SECRET",
+                &[("FIRECREST_CLIENT_SECRET", "x")],
+                "may not be forwarded",
+            ),
+            (
+                "FIRECREST_ACCESS_TOKEN",
+                &[("FIRECREST_ACCESS_TOKEN", "x")],
+                "may not be forwarded",
+            ),
+        ] {
+            let mut vars = vec![("FIRECREST_ENV_VARS", list)];
+            vars.extend_from_slice(extra);
+            let found = problems(&fx, &vars);
+            assert_eq!(found.len(), 1, "{list}: {found:?}");
+            assert_eq!(found[0].variables, ["FIRECREST_ENV_VARS"]);
+            assert!(
+                found[0].message.contains(why),
+                "{list}: {}",
+                found[0].message
+            );
+        }
+    }
+
+    // ------------------------------------------------ globs and paths
+
+    #[test]
+    fn artifacts_must_stay_inside_the_workspace() {
+        let fx = fixture();
+        let c = ok(
+            &fx,
+            &[(
+                "FIRECREST_ARTIFACTS",
+                "./out/*.xml\n\n# junit\nbuild/**/report-?.html",
+            )],
+        );
+        assert_eq!(c.artifacts, ["out/*.xml", "build/**/report-?.html"]);
+        for (bad, why) in [
+            ("/etc/passwd", "is absolute"),
+            ("../secrets", "contains '..'"),
+            ("out/../../x", "contains '..'"),
+            ("out/[a.xml", "not a valid glob"),
+        ] {
+            assert!(
+                problem(&fx, "FIRECREST_ARTIFACTS", bad).contains(why),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn include_and_exclude_globs_are_checked() {
+        let fx = fixture();
+        for var in ["FIRECREST_INCLUDE", "FIRECREST_EXCLUDE"] {
+            assert!(
+                problem(&fx, var, "src/{a,b").contains("not a valid glob"),
+                "{var}"
+            );
+            assert!(problem(&fx, var, "../up").contains("'..'"), "{var}");
+            let lines = ok(&fx, &[(var, "/target\n# comment\n*.o\n")]);
+            let globs = if var == "FIRECREST_INCLUDE" {
+                lines.include
+            } else {
+                lines.exclude
+            };
+            assert_eq!(globs, ["/target", "*.o"]);
+        }
+    }
+
+    #[test]
+    fn remote_dir_is_absolute_and_template_safe() {
+        let fx = fixture();
+        let dir = |v| ok(&fx, &[("FIRECREST_REMOTE_DIR", v)]).remote_dir;
+        assert_eq!(dir("/scratch/u/ci").as_deref(), Some("/scratch/u/ci"));
+        assert_eq!(dir("/scratch/u/ci///").as_deref(), Some("/scratch/u/ci"));
+        assert_eq!(dir("/").as_deref(), Some("/"));
+        for (bad, why) in [
+            ("scratch/ci", "absolute path"),
+            ("~/ci", "absolute path"),
+            ("/scratch/it's", "' \" & < >"),
+            ("/scratch/\"x\"", "' \" & < >"),
+            ("/scratch/a&b", "' \" & < >"),
+            ("/scratch/<x>", "' \" & < >"),
+            ("/scratch/../etc", "without '..'"),
+        ] {
+            assert!(
+                problem(&fx, "FIRECREST_REMOTE_DIR", bad).contains(why),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn workspace_comes_from_the_platform_or_the_current_directory() {
+        let fx = fixture();
+        std::fs::create_dir(fx.ws.join("sub")).unwrap();
+        std::fs::write(fx.ws.join("file"), "").unwrap();
+        let sub = fx.ws.join("sub");
+        let ws = |pairs: &[(&str, &str)]| {
+            let mut env = map(pairs);
+            env.insert("FIRECREST_RUN".into(), "true".into());
+            env.insert("FIRECREST_BACKEND".into(), "local".into());
+            Config::from_env(&env, &fx.ws, &CliFlags::default())
+        };
+        let sub_str = sub.to_str().unwrap();
+        assert_eq!(ws(&[]).unwrap().workspace, fx.ws);
+        assert_eq!(ws(&[("CI_PROJECT_DIR", sub_str)]).unwrap().workspace, sub);
+        assert_eq!(
+            ws(&[
+                ("GITHUB_WORKSPACE", sub_str),
+                ("CI_PROJECT_DIR", "/nonexistent")
+            ])
+            .unwrap()
+            .workspace,
+            sub
+        );
+        assert_eq!(
+            ws(&[
+                ("FIRECREST_WORKSPACE", "sub"),
+                ("GITHUB_WORKSPACE", "/nonexistent")
+            ])
+            .unwrap()
+            .workspace,
+            sub,
+            "FIRECREST_WORKSPACE wins and is relative to the current directory"
+        );
+        assert_eq!(
+            ws(&[("FIRECREST_WORKSPACE", "sub/../sub/")])
+                .unwrap()
+                .workspace,
+            sub
+        );
+        assert_eq!(ws(&[]).unwrap().log_file, fx.ws.join("firecrest-ci.log"));
+
+        for (var, value, why) in [
+            ("FIRECREST_WORKSPACE", "missing", "does not exist"),
+            ("FIRECREST_WORKSPACE", "file", "not a directory"),
+            ("GITHUB_WORKSPACE", "/nonexistent/ws", "does not exist"),
+            ("CI_PROJECT_DIR", "/nonexistent/ws", "does not exist"),
+        ] {
+            let errors = ws(&[(var, value)]).unwrap_err().problems;
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].variables, [var]);
+            assert!(errors[0].message.contains(why), "{}", errors[0].message);
+        }
+        let env = map(&[("FIRECREST_RUN", "true"), ("FIRECREST_BACKEND", "local")]);
+        let errors = Config::from_env(&env, &fx.ws.join("gone"), &CliFlags::default()).unwrap_err();
+        assert_eq!(errors.problems[0].variables, ["FIRECREST_WORKSPACE"]);
+        assert!(errors.problems[0].message.contains("current directory"));
+    }
+
+    #[test]
+    fn log_file_is_relative_to_the_workspace() {
+        let fx = fixture();
+        std::fs::create_dir(fx.ws.join("logs")).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let other_file = other.path().join("job.log");
+        let file = |v: &str| ok(&fx, &[("FIRECREST_LOG_FILE", v)]).log_file;
+        assert_eq!(file("out.log"), fx.ws.join("out.log"));
+        assert_eq!(file("logs/out.log"), fx.ws.join("logs/out.log"));
+        assert_eq!(file(other_file.to_str().unwrap()), other_file);
+        for bad in ["missing/out.log", "logs", "/nonexistent/dir/job.log"] {
+            assert!(
+                problem(&fx, "FIRECREST_LOG_FILE", bad).contains("existing directory"),
+                "{bad}"
+            );
+        }
+    }
+
+    // ------------------------------------------------ firecrest
+
+    #[test]
+    fn firecrest_with_client_credentials() {
+        let fx = fixture();
+        let c = ok(&fx, FIRECREST_OK);
+        let settings = c.firecrest.unwrap();
+        assert_eq!(settings.url, "https://api.example.org/firecrest/v2");
+        assert_eq!(settings.system, "daint");
+        let Credentials::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+        } = settings.credentials
+        else {
+            panic!("client credentials expected");
+        };
+        assert_eq!(token_url, "https://auth.example.org/token");
+        assert_eq!(client_id, "ci-client");
+        assert_eq!(client_secret.expose(), "s3cr3t-client-value");
+    }
+
+    #[test]
+    fn firecrest_with_an_access_token() {
+        let fx = fixture();
+        let c = ok(
+            &fx,
+            &[
+                ("FIRECREST_BACKEND", "firecrest"),
+                ("FIRECREST_URL", "http://localhost:8000"),
+                ("FIRECREST_SYSTEM", "cluster-1"),
+                ("FIRECREST_ACCESS_TOKEN", " eyJ.token.sig\n"),
+            ],
+        );
+        let settings = c.firecrest.unwrap();
+        assert_eq!(settings.url, "http://localhost:8000");
+        assert_eq!(
+            settings.credentials,
+            Credentials::AccessToken(Secret::new("eyJ.token.sig"))
+        );
+    }
+
+    #[test]
+    fn token_url_alias() {
+        let fx = fixture();
+        let token_url = |extra: &[(&str, &str)]| {
+            let mut vars: Vec<(&str, &str)> = FIRECREST_OK
+                .iter()
+                .filter(|(k, _)| *k != "FIRECREST_TOKEN_URL")
+                .copied()
+                .collect();
+            vars.extend_from_slice(extra);
+            match ok(&fx, &vars).firecrest.unwrap().credentials {
+                Credentials::ClientCredentials { token_url, .. } => token_url,
+                Credentials::AccessToken(_) => panic!("client credentials expected"),
+            }
+        };
+        assert_eq!(
+            token_url(&[("AUTH_TOKEN_URL", "https://alias/token")]),
+            "https://alias/token"
+        );
+        assert_eq!(
+            token_url(&[
+                ("AUTH_TOKEN_URL", "https://alias/token"),
+                ("FIRECREST_TOKEN_URL", "https://main/token"),
+            ]),
+            "https://main/token"
+        );
+        assert_eq!(
+            token_url(&[
+                ("AUTH_TOKEN_URL", "not a url"),
+                ("FIRECREST_TOKEN_URL", "https://main/t")
+            ]),
+            "https://main/t",
+            "the alias is not even read when FIRECREST_TOKEN_URL is set"
+        );
+        assert_eq!(
+            token_url(&[
+                ("AUTH_TOKEN_URL", "https://alias/token"),
+                ("FIRECREST_TOKEN_URL", "")
+            ]),
+            "https://alias/token",
+            "an empty FIRECREST_TOKEN_URL is unset"
+        );
+        let mut vars = FIRECREST_OK.to_vec();
+        vars.retain(|(k, _)| *k != "FIRECREST_TOKEN_URL");
+        vars.push(("AUTH_TOKEN_URL", "ftp://alias"));
+        let found = problems(&fx, &vars);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].variables, ["AUTH_TOKEN_URL"]);
+    }
+
+    #[test]
+    fn firecrest_urls_are_validated() {
+        let fx = fixture();
+        for var in ["FIRECREST_URL", "FIRECREST_TOKEN_URL"] {
+            for bad in [
+                "api.example.org",
+                "ftp://api.example.org",
+                "https://user:pw@api.example.org",
+                "https://api.example.org/v2?x=1",
+                "https://api.example.org/v2#frag",
+                "https://",
+            ] {
+                let mut vars = FIRECREST_OK.to_vec();
+                vars.push((var, bad));
+                let found = problems(&fx, &vars);
+                assert_eq!(found.len(), 1, "{var}={bad}: {found:?}");
+                assert_eq!(found[0].variables, [var]);
+                assert!(
+                    found[0].message.contains("http:// or https:// URL"),
+                    "{}",
+                    found[0]
+                );
+            }
+        }
+        let mut vars = FIRECREST_OK.to_vec();
+        vars.push(("FIRECREST_SYSTEM", "da int"));
+        let found = problems(&fx, &vars);
+        assert_eq!(found[0].variables, ["FIRECREST_SYSTEM"]);
+        assert!(found[0].message.contains("cluster name"));
+    }
+
+    #[test]
+    fn firecrest_backend_requires_url_system_and_credentials() {
+        let fx = fixture();
+        let found = problems(&fx, &[("FIRECREST_BACKEND", "firecrest")]);
+        let named: Vec<Vec<&str>> = found.iter().map(|p| p.variables.clone()).collect();
+        assert_eq!(
+            named,
+            [
+                vec!["FIRECREST_URL"],
+                vec!["FIRECREST_SYSTEM"],
+                vec![
+                    "FIRECREST_CLIENT_ID",
+                    "FIRECREST_CLIENT_SECRET",
+                    "FIRECREST_TOKEN_URL",
+                    "FIRECREST_ACCESS_TOKEN"
+                ],
+            ]
+        );
+        assert!(
+            found[0].message.contains("https://"),
+            "says what a URL looks like"
+        );
+        assert!(
+            found[0].message.contains("FIRECREST_BACKEND"),
+            "offers the other backends"
+        );
+
+        // The default backend is firecrest: a missing URL is an error, never local.
+        let mut env = env_with(&fx, &[]);
+        env.remove("FIRECREST_BACKEND");
+        let errors = Config::from_env(&env, &fx.ws, &CliFlags::default()).unwrap_err();
+        assert!(errors
+            .problems
+            .iter()
+            .any(|p| p.variables == ["FIRECREST_URL"]));
+    }
+
+    #[test]
+    fn partial_client_credentials_name_what_is_missing() {
+        let fx = fixture();
+        for missing in [
+            "FIRECREST_CLIENT_ID",
+            "FIRECREST_CLIENT_SECRET",
+            "FIRECREST_TOKEN_URL",
+        ] {
+            let vars: Vec<(&str, &str)> = FIRECREST_OK
+                .iter()
+                .filter(|(k, _)| *k != missing)
+                .copied()
+                .collect();
+            let found = problems(&fx, &vars);
+            assert_eq!(found.len(), 1, "{missing}: {found:?}");
+            assert_eq!(found[0].variables[0], missing);
+            assert!(found[0].message.starts_with("is not set"));
+        }
+    }
+
+    #[test]
+    fn access_token_and_client_secret_together_are_ambiguous() {
+        let fx = fixture();
+        let mut vars = FIRECREST_OK.to_vec();
+        vars.push(("FIRECREST_ACCESS_TOKEN", "tok"));
+        let found = problems(&fx, &vars);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].variables,
+            ["FIRECREST_ACCESS_TOKEN", "FIRECREST_CLIENT_SECRET"]
+        );
+    }
+
+    #[test]
+    fn secrets_with_inner_whitespace_are_refused_without_showing_them() {
+        let fx = fixture();
+        let mut vars = FIRECREST_OK.to_vec();
+        vars.push(("FIRECREST_CLIENT_SECRET", "abc\ndef-secret"));
+        let errors = load(&fx, &vars).unwrap_err();
+        assert_eq!(errors.problems.len(), 1);
+        assert_eq!(errors.problems[0].variables, ["FIRECREST_CLIENT_SECRET"]);
+        assert!(!errors.to_string().contains("def-secret"));
+    }
+
+    #[test]
+    fn dry_run_needs_no_url_or_credentials() {
+        let fx = fixture();
+        let env = env_with(&fx, &[("FIRECREST_BACKEND", "firecrest")]);
+        let flags = CliFlags { dry_run: true };
+        let c = Config::from_env(&env, &fx.ws, &flags).unwrap();
+        assert!(c.dry_run);
+        assert_eq!(c.backend, BackendKind::Firecrest);
+        assert_eq!(c.firecrest, None);
+
+        let c = ok(
+            &fx,
+            &[
+                ("FIRECREST_BACKEND", "firecrest"),
+                ("FIRECREST_DRY_RUN", "true"),
+            ],
+        );
+        assert_eq!(c.firecrest, None);
+
+        // What is given must still be valid, and complete settings are kept.
+        let found = problems(
+            &fx,
+            &[
+                ("FIRECREST_DRY_RUN", "yes"),
+                ("FIRECREST_BACKEND", "firecrest"),
+                ("FIRECREST_URL", "nope"),
+            ],
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].variables, ["FIRECREST_URL"]);
+        let mut vars = FIRECREST_OK.to_vec();
+        vars.push(("FIRECREST_DRY_RUN", "true"));
+        assert!(ok(&fx, &vars).firecrest.is_some());
+
+        // --dry-run does not hide a malformed FIRECREST_DRY_RUN.
+        let env = env_with(&fx, &[("FIRECREST_DRY_RUN", "maybe")]);
+        assert!(Config::from_env(&env, &fx.ws, &flags).is_err());
+    }
+
+    // ------------------------------------------------ platform defaults
+
+    #[test]
+    fn log_level_follows_the_ci_debug_mode() {
+        let fx = fixture();
+        assert_eq!(ok(&fx, &[("RUNNER_DEBUG", "1")]).log_level, "debug");
+        assert_eq!(ok(&fx, &[("CI_DEBUG_TRACE", "true")]).log_level, "debug");
+        assert_eq!(ok(&fx, &[("CI_DEBUG_TRACE", "TRUE")]).log_level, "debug");
+        assert_eq!(ok(&fx, &[("RUNNER_DEBUG", "0")]).log_level, "info");
+        assert_eq!(ok(&fx, &[("CI_DEBUG_TRACE", "false")]).log_level, "info");
+        assert_eq!(
+            ok(
+                &fx,
+                &[("RUNNER_DEBUG", "1"), ("FIRECREST_LOG_LEVEL", "warn")]
+            )
+            .log_level,
+            "warn"
+        );
+    }
+
+    #[test]
+    fn run_identity_on_github() {
+        let fx = fixture();
+        let c = ok(
+            &fx,
+            &[
+                ("GITHUB_REPOSITORY", "org/repo"),
+                ("GITHUB_RUN_ID", "123"),
+                ("GITHUB_RUN_ATTEMPT", "1"),
+                ("GITHUB_JOB", "build"),
+            ],
+        );
+        assert_eq!(
+            c.identity,
+            RunIdentity {
+                slug: "org-repo-123-1-build".into(),
+                description: "org/repo run 123 attempt 1 job build".into(),
+                platform: "github",
+            }
+        );
+        assert_eq!(c.job_name, "fci-org-repo-123-1-build");
+        let c = ok(
+            &fx,
+            &[("GITHUB_JOB", "build"), ("FIRECREST_JOB_NAME", "mine")],
+        );
+        assert_eq!(c.job_name, "mine");
+    }
+
+    #[test]
+    fn run_identity_on_gitlab_and_elsewhere() {
+        let fx = fixture();
+        let c = ok(
+            &fx,
+            &[
+                ("CI_PROJECT_PATH", "group/sub/project"),
+                ("CI_PIPELINE_ID", "456"),
+                ("CI_JOB_ID", "789"),
+            ],
+        );
+        assert_eq!(c.identity.slug, "group-sub-project-456-789");
+        assert_eq!(
+            c.identity.description,
+            "group/sub/project pipeline 456 job 789"
+        );
+        assert_eq!(c.identity.platform, "gitlab");
+
+        let c = ok(
+            &fx,
+            &[
+                ("CI_PROJECT_PATH", "group/project"),
+                ("CI_PIPELINE_ID", "456"),
+            ],
+        );
+        assert_eq!(c.identity.slug, "local", "incomplete platform variables");
+        assert_eq!(c.identity.platform, "local");
+    }
+
+    #[test]
+    fn slugs_are_safe_and_short() {
+        let fx = fixture();
+        let repo = format!("Org.Name/{}", "very-long-repository-name".repeat(5));
+        let job = format!("job with spaces/and\nnewline {}", "x".repeat(60));
+        let c = ok(
+            &fx,
+            &[
+                ("GITHUB_REPOSITORY", &repo),
+                ("GITHUB_RUN_ID", "9876543210"),
+                ("GITHUB_RUN_ATTEMPT", "2"),
+                ("GITHUB_JOB", &job),
+            ],
+        );
+        let made = &c.identity.slug;
+        assert!(made.len() <= 80, "{made}");
+        assert!(
+            made.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)),
+            "{made}"
+        );
+        assert!(made.starts_with("Org.Name-very-long"), "{made}");
+        assert!(
+            made.contains("-9876543210-2-job-with-spaces"),
+            "ids kept whole: {made}"
+        );
+        assert!(!made.contains("--"), "{made}");
+        assert!(!c.identity.description.contains('\n'));
+        assert!(parse_job_name(&c.job_name).is_ok(), "{}", c.job_name);
+
+        assert_eq!(slug_part("--.a b//c.-"), "a-b-c");
+        assert_eq!(slug("", &["1"], ""), "1");
+        assert_eq!(slug("///", &[], "***"), "local");
+    }
+
+    // ------------------------------------------------ reporting
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let fx = fixture();
+        let env = map(&[
+            ("FIRECREST_BACKEND", "firecrest"),
+            ("FIRECREST_URL", "not-a-url"),
+            ("FIRECREST_NODES", "zero"),
+            ("FIRECREST_NTASKS", "-1"),
+            ("FIRECREST_TIME_LIMIT", "forever"),
+            ("FIRECREST_SBATCH_OPTIONS", "--output=x"),
+            ("FIRECREST_JOB_NAME", "bad name"),
+            ("FIRECREST_CLEANUP", "maybe"),
+            ("FIRECREST_COMPRESSION_LEVEL", "11"),
+            ("FIRECREST_WORKSPACE", fx.ws.to_str().unwrap()),
+        ]);
+        let errors = Config::from_env(&env, &fx.ws, &CliFlags::default()).unwrap_err();
+        let named: Vec<&str> = errors
+            .problems
+            .iter()
+            .flat_map(|p| p.variables.clone())
+            .collect();
+        for var in [
+            "FIRECREST_URL",
+            "FIRECREST_SYSTEM",
+            "FIRECREST_ACCESS_TOKEN",
+            "FIRECREST_NODES",
+            "FIRECREST_NTASKS",
+            "FIRECREST_TIME_LIMIT",
+            "FIRECREST_SBATCH_OPTIONS",
+            "FIRECREST_JOB_NAME",
+            "FIRECREST_RUN",
+            "FIRECREST_CLEANUP",
+            "FIRECREST_COMPRESSION_LEVEL",
+        ] {
+            assert!(named.contains(&var), "{var} reported in:\n{errors}");
+        }
+        assert_eq!(errors.problems.len(), 11, "{errors}");
+        let text = errors.to_string();
+        assert_eq!(
+            text.lines().count(),
+            errors.problems.len(),
+            "one line per problem"
+        );
+        assert!(text
+            .lines()
+            .any(|l| l.starts_with("FIRECREST_NODES: ") && l.ends_with("got \"zero\"")));
+    }
+
+    #[test]
+    fn problems_name_only_real_variables() {
+        let fx = fixture();
+        let mut env = map(&[("FIRECREST_BACKEND", "firecrest")]);
+        for spec in INPUTS.iter().filter(|s| s.env != "FIRECREST_BACKEND") {
+            env.insert(spec.env.to_string(), "\u{7}bad value".into());
+        }
+        let errors = Config::from_env(&env, &fx.ws, &CliFlags::default()).unwrap_err();
+        let named: Vec<&str> = errors
+            .problems
+            .iter()
+            .flat_map(|p| p.variables.clone())
+            .collect();
+        for spec in INPUTS {
+            // The log file is only checked once the workspace is valid.
+            if !["FIRECREST_BACKEND", "FIRECREST_LOG_FILE"].contains(&spec.env) {
+                assert!(
+                    named.contains(&spec.env),
+                    "{} reported in:\n{errors}",
+                    spec.env
+                );
+            }
+        }
+        for problem in &errors.problems {
+            assert!(!problem.variables.is_empty(), "{problem}");
+            for var in &problem.variables {
+                assert!(
+                    INPUTS.iter().any(|s| s.env == *var)
+                        || [TOKEN_URL_ALIAS, "GITHUB_WORKSPACE", "CI_PROJECT_DIR"].contains(var),
+                    "{var} is an input or a platform variable"
+                );
+            }
+        }
+        assert!(
+            !errors.to_string().contains('\u{7}'),
+            "values are shown escaped"
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let fx = fixture();
+        let mut vars = FIRECREST_OK.to_vec();
+        vars.extend([
+            ("FIRECREST_ENV_VARS", "DEPLOY_KEY"),
+            ("DEPLOY_KEY", "forwarded-value-42"),
+        ]);
+        let c = ok(&fx, &vars);
+        let debug = format!("{c:?} {c:#?}");
+        assert!(!debug.contains("s3cr3t-client-value"), "{debug}");
+        assert!(!debug.contains("forwarded-value-42"), "{debug}");
+        assert!(debug.contains("DEPLOY_KEY"), "names stay visible");
+        assert!(debug.contains("(redacted)"));
+
+        let c = ok(
+            &fx,
+            &[
+                ("FIRECREST_BACKEND", "firecrest"),
+                ("FIRECREST_URL", "https://api"),
+                ("FIRECREST_SYSTEM", "s"),
+                ("FIRECREST_ACCESS_TOKEN", "access-token-value-77"),
+            ],
+        );
+        assert!(!format!("{c:?}").contains("access-token-value-77"));
+    }
+
+    #[test]
+    fn typo_warnings_suggest_the_input() {
+        let env = map(&[
+            ("FIRECREST_NODE", "2"),
+            ("FIRECREST_TIMELIMIT", "1h"),
+            ("FIRECREST_NODES", "2"),
+            ("FIRECREST_SOMETHING_ELSE_ENTIRELY", "x"),
+            ("OTHER_NODES", "2"),
+        ]);
+        let warnings = unknown_input_warnings(&env);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("FIRECREST_NODE ") && warnings[0].ends_with("FIRECREST_NODES?")
+        );
+        assert!(
+            warnings[1].starts_with("FIRECREST_TIMELIMIT ")
+                && warnings[1].ends_with("FIRECREST_TIME_LIMIT?")
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
 }
