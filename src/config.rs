@@ -395,7 +395,7 @@ impl fmt::Display for ConfigProblem {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", one_line_each(.problems))]
 pub struct ConfigErrors {
-    /// In input order; never empty.
+    /// In the order of [`INPUTS`] (lines of one input in their order); never empty.
     pub problems: Vec<ConfigProblem>,
 }
 
@@ -695,6 +695,20 @@ impl Problems {
     }
 }
 
+/// Where a variable's input stands in [`INPUTS`], so problems are listed in
+/// README order; aliases and platform variables stand with their input.
+fn input_order(var: &str) -> usize {
+    let input = match var {
+        TOKEN_URL_ALIAS => "FIRECREST_TOKEN_URL",
+        "GITHUB_WORKSPACE" | "CI_PROJECT_DIR" => "FIRECREST_WORKSPACE",
+        other => other,
+    };
+    INPUTS
+        .iter()
+        .position(|spec| spec.env == input)
+        .unwrap_or(INPUTS.len())
+}
+
 /// A value as it may appear in a message: quoted, escaped, shortened.
 fn shown(value: &str) -> String {
     const MAX: usize = 60;
@@ -820,7 +834,9 @@ impl Config {
             .unwrap_or(DEFAULT_COMPRESSION_LEVEL);
 
         if !p.0.is_empty() {
-            return Err(ConfigErrors { problems: p.0 });
+            let mut problems = p.0;
+            problems.sort_by_key(|problem| problem.variables.first().map(|var| input_order(var)));
+            return Err(ConfigErrors { problems });
         }
         // Without problems the workspace and log file were resolved; the
         // fallbacks only keep this free of unwrap().
@@ -3080,14 +3096,15 @@ mod tests {
             named,
             [
                 vec!["FIRECREST_URL"],
-                vec!["FIRECREST_SYSTEM"],
                 vec![
                     "FIRECREST_CLIENT_ID",
                     "FIRECREST_CLIENT_SECRET",
                     "FIRECREST_TOKEN_URL",
                     "FIRECREST_ACCESS_TOKEN"
                 ],
-            ]
+                vec!["FIRECREST_SYSTEM"],
+            ],
+            "in the order of the input table"
         );
         assert!(
             found[0].message.contains("https://"),
@@ -3342,6 +3359,15 @@ mod tests {
             assert!(named.contains(&var), "{var} reported in:\n{errors}");
         }
         assert_eq!(errors.problems.len(), 11, "{errors}");
+        let order: Vec<usize> = errors
+            .problems
+            .iter()
+            .map(|p| input_order(p.variables[0]))
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] <= w[1]),
+            "README order: {errors}"
+        );
         let text = errors.to_string();
         assert_eq!(
             text.lines().count(),
