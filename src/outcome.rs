@@ -272,7 +272,10 @@ pub fn outcome_for(status: &JobStatus) -> Outcome {
             } else if real_signal {
                 o(
                     128 + signal as i32,
-                    format!("the job was killed by signal {}", signal_name(signal as i32)),
+                    format!(
+                        "the job was killed by signal {}",
+                        signal_name(signal as i32)
+                    ),
                 )
             } else if exit < 0 {
                 o(
@@ -423,8 +426,16 @@ mod tests {
             ("job_failed_exit3.json", "FAILED", 3),
             ("job_signal_killed.json", "FAILED", 137),
             ("job_timeout.json", "TIMEOUT", codes::TIMEOUT),
-            ("job_out_of_memory.json", "OUT_OF_MEMORY", codes::OUT_OF_MEMORY),
-            ("job_cancelled.json", "CANCELLED", codes::CANCELLED_ON_CLUSTER),
+            (
+                "job_out_of_memory.json",
+                "OUT_OF_MEMORY",
+                codes::OUT_OF_MEMORY,
+            ),
+            (
+                "job_cancelled.json",
+                "CANCELLED",
+                codes::CANCELLED_ON_CLUSTER,
+            ),
         ];
         let Ok(entries) = std::fs::read_dir(dir) else {
             // The recordings live outside the repository; the table below
@@ -448,10 +459,12 @@ mod tests {
                     // Polls of this one job, not job lists or metadata.
                     let path = e["request"]["path"].as_str().unwrap_or("");
                     e["request"]["method"] == "GET"
-                        && path.rsplit_once("/jobs/").is_some_and(|(_, id)| !id.contains('/'))
+                        && path
+                            .rsplit_once("/jobs/")
+                            .is_some_and(|(_, id)| !id.contains('/'))
                 })
                 .filter_map(|e| e["response"]["body"]["jobs"][0]["status"].as_object())
-                .last()
+                .next_back()
                 .unwrap_or_else(|| panic!("{name}: no job status"));
             let st = status(
                 last["state"].as_str().unwrap(),
@@ -525,7 +538,11 @@ mod tests {
             ("SUSPENDED", SlurmState::Suspended, false),
             ("TIMEOUT", SlurmState::Timeout, true),
             (" running ", SlurmState::Running, false),
-            ("NEW_STATE x", SlurmState::Unknown("NEW_STATE".into()), false),
+            (
+                "NEW_STATE x",
+                SlurmState::Unknown("NEW_STATE".into()),
+                false,
+            ),
             ("", SlurmState::Unknown(String::new()), false),
         ];
         for (raw, want, fin) in cases {
@@ -545,7 +562,10 @@ mod tests {
         assert_eq!((o.exit_code, o.success), (143, false));
         assert!(o.reason.contains("SIGTERM"), "{}", o.reason);
         let t = Outcome::run_timeout("PENDING", std::time::Duration::from_secs(7200));
-        assert_eq!((t.exit_code, t.state.as_str()), (codes::RUN_TIMEOUT, "PENDING"));
+        assert_eq!(
+            (t.exit_code, t.state.as_str()),
+            (codes::RUN_TIMEOUT, "PENDING")
+        );
         assert!(t.reason.contains("2h"), "{}", t.reason);
     }
 
