@@ -1,1 +1,1325 @@
-//! (to be written)
+//! The batch script, rendered from a [`ScriptSpec`], and the file of
+//! forwarded variables it sources. Everything the user typed passes through
+//! here on its way into a shell or into `sbatch`, so this module owns the
+//! quoting: no input can add a line to the script or a command to run, even
+//! when the configuration layer let it through.
+//!
+//! The script has three parts:
+//! - `#SBATCH` lines (parsed by `sbatch`, comments for bash);
+//! - a prologue: enter the run directory, load and delete the forwarded
+//!   variables, reassemble, verify and extract the workspace archive (exit
+//!   [`codes::WORKSPACE_INVALID`] when that fails);
+//! - the user's commands in a subshell of the login shell, and an epilogue
+//!   (an `EXIT` trap) that packs the artifacts whether the commands succeed,
+//!   fail, call `exit`, or are stopped by the SIGTERM Slurm sends at the time
+//!   limit or on `scancel`. The job's exit status is the commands' status.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::outcome::codes;
+use crate::secret::Secret;
+
+/// The extracted workspace inside the run directory; the commands run there.
+pub const WORKSPACE_DIR: &str = "workspace";
+
+/// The archive reassembled from several parts, inside the run directory.
+const REASSEMBLED_ARCHIVE: &str = "firecrest-ci-workspace.tar.gz";
+/// Written once extraction succeeded, so a requeued job reuses the workspace.
+const EXTRACTED_MARKER: &str = ".firecrest-ci-extracted";
+/// Inline commands are written here and sourced, so that their text can
+/// never break the script's structure.
+const COMMANDS_FILE: &str = "firecrest-ci-commands.sh";
+/// Prefix of the script's own shell variables and functions; forwarded
+/// variables may not use it.
+const INTERNAL_PREFIX: &str = "_fci_";
+
+/// What the job runs in the workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Shell commands, run like a GitHub `run:` block (`set -eo pipefail`).
+    Inline(String),
+    /// A script in the workspace (relative path): run as a program when it
+    /// starts with `#!`, else with `bash`.
+    ScriptFile(String),
+}
+
+/// Everything the batch script needs. Account, partition and reservation
+/// are absent on purpose: they go through the submit request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptSpec {
+    pub job_name: String,
+    /// Absolute remote run directory (mode 0700); the prologue enters it.
+    pub run_dir: String,
+    /// Absolute path of the job's output file (stdout, and stderr unless
+    /// `error_file` is set).
+    pub output_file: String,
+    /// Absolute path for stderr; `None` merges stderr into `output_file`.
+    pub error_file: Option<String>,
+    /// Slurm time format (`30`, `1:30:00`, `1-12:00:00`); `None`: the partition's default.
+    pub time_limit: Option<String>,
+    /// `N` or `MIN-MAX`; `None`: Slurm's default.
+    pub nodes: Option<String>,
+    pub ntasks: Option<u32>,
+    /// `N` or `TYPE:N`.
+    pub gpus: Option<String>,
+    pub constraint: Option<String>,
+    /// More `sbatch` options, one per entry, e.g. `--mem=8G`.
+    pub extra_options: Vec<String>,
+    /// File names in `run_dir`, in order; `cat` them to get the archive.
+    pub archive_parts: Vec<String>,
+    /// Lower-case hex SHA-256 of the whole archive, computed before upload.
+    pub archive_sha256: String,
+    /// File name in `run_dir` written by [`render_env_file`]; `None` when
+    /// no variable is forwarded.
+    pub env_file: Option<String>,
+    pub command: Command,
+    /// Globs relative to the workspace; empty: no artifacts.
+    pub artifacts: Vec<String>,
+    /// Absolute path of the artifacts archive the epilogue writes.
+    pub artifacts_archive: String,
+}
+
+/// Renders the batch script, or says which value it refuses.
+pub fn render(spec: &ScriptSpec) -> Result<String> {
+    let mut s = String::from("#!/bin/bash -l\n");
+    sbatch_lines(spec, &mut s)?;
+
+    let run_dir = abs_path("run directory", &spec.run_dir)?;
+    abs_path("artifacts archive path", &spec.artifacts_archive)?;
+    ensure!(
+        !spec.archive_parts.is_empty(),
+        "the workspace archive has no parts"
+    );
+    for part in &spec.archive_parts {
+        file_name("workspace archive part", part)?;
+        ensure!(
+            spec.archive_parts.len() == 1 || part != REASSEMBLED_ARCHIVE,
+            "workspace archive part {part:?} has the name of the reassembled archive"
+        );
+    }
+    let sha = spec.archive_sha256.to_ascii_lowercase();
+    ensure!(
+        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the workspace archive checksum {:?} is not a hex SHA-256",
+        spec.archive_sha256
+    );
+    if let Some(env) = &spec.env_file {
+        file_name("forwarded-variables file", env)?;
+        ensure!(
+            !spec.archive_parts.contains(env),
+            "the forwarded-variables file {env:?} has the name of an archive part"
+        );
+    }
+    let artifacts = spec
+        .artifacts
+        .iter()
+        .map(|a| rel_path("artifact pattern", a).map(|_| sh_quote(a)))
+        .collect::<Result<Vec<_>>>()?;
+    let archive = if spec.archive_parts.len() == 1 {
+        spec.archive_parts[0].as_str()
+    } else {
+        REASSEMBLED_ARCHIVE
+    };
+
+    // Values, each single-quoted: nothing in them is ever expanded.
+    s.push_str("\n# firecrest-ci: prologue, your commands, epilogue.\n");
+    let _ = writeln!(s, "_fci_run_dir={}", sh_quote(run_dir));
+    let _ = writeln!(s, "_fci_archive={}", sh_quote(archive));
+    let _ = writeln!(
+        s,
+        "_fci_parts=({})",
+        spec.archive_parts
+            .iter()
+            .map(|p| sh_quote(p))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let _ = writeln!(s, "_fci_sha256={}", sh_quote(&sha));
+    let _ = writeln!(s, "_fci_artifacts=({})", artifacts.join(" "));
+    let _ = writeln!(
+        s,
+        "_fci_artifacts_archive={}",
+        sh_quote(&spec.artifacts_archive)
+    );
+    let _ = writeln!(s, "_fci_workspace={}", sh_quote(WORKSPACE_DIR));
+    let _ = writeln!(s, "_fci_marker={}", sh_quote(EXTRACTED_MARKER));
+    let _ = writeln!(s, "_fci_invalid={}", codes::WORKSPACE_INVALID);
+    s.push_str(PROLOGUE);
+
+    if let Some(env) = &spec.env_file {
+        let _ = writeln!(s, "_fci_env_file={}", sh_quote(env));
+        s.push_str(LOAD_ENV);
+    }
+    s.push_str(UNPACK);
+
+    match &spec.command {
+        Command::Inline(commands) => {
+            ensure!(
+                !commands.contains('\0'),
+                "the commands contain a NUL character"
+            );
+            let mut body = commands.clone();
+            if !body.ends_with('\n') {
+                body.push('\n');
+            }
+            let delimiter = heredoc_delimiter(&body);
+            let _ = writeln!(s, "_fci_commands=\"$_fci_run_dir\"/{COMMANDS_FILE}");
+            let _ = write!(
+                s,
+                "cat > \"$_fci_commands\" <<'{delimiter}' || _fci_fail \"cannot write the commands file in $_fci_run_dir\"\n{body}{delimiter}\n"
+            );
+            s.push_str(RUN_INLINE);
+        }
+        Command::ScriptFile(path) => {
+            rel_path("script file", path)?;
+            let _ = writeln!(s, "_fci_script={}", sh_quote(path));
+            s.push_str(RUN_SCRIPT_FILE);
+        }
+    }
+    Ok(s)
+}
+
+/// The forwarded variables as `export NAME='value'` lines, exact for any
+/// value (commas, quotes, newlines, `$`, backslashes). Upload it into the
+/// 0700 run directory: the script sources and deletes it before anything
+/// else runs, so values never appear in the script text or the job log.
+/// Names that are not shell identifiers, or that use the script's internal
+/// prefix, are left out with a warning (the configuration refuses them first).
+pub fn render_env_file(env: &BTreeMap<String, Secret>) -> String {
+    let mut out = String::from("# firecrest-ci: forwarded variables; the job deletes this file\n");
+    for (name, value) in env {
+        if !is_identifier(name) || name.starts_with(INTERNAL_PREFIX) {
+            tracing::warn!("not forwarding {name:?}: not a usable variable name");
+            continue;
+        }
+        let _ = writeln!(out, "export {name}={}", sh_quote(value.expose()));
+    }
+    out
+}
+
+/// Checks a Slurm time limit: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
+/// `D-HH:MM:SS`, `UNLIMITED` or `INFINITE`.
+pub fn validate_time_limit(value: &str) -> Result<()> {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = match value {
+        "UNLIMITED" | "INFINITE" | "unlimited" | "infinite" => true,
+        _ => match value.split_once('-') {
+            Some((days, rest)) => {
+                let parts: Vec<&str> = rest.split(':').collect();
+                digits(days) && parts.len() <= 3 && parts.iter().all(|p| digits(p))
+            }
+            None => {
+                let parts: Vec<&str> = value.split(':').collect();
+                parts.len() <= 3 && parts.iter().all(|p| digits(p))
+            }
+        },
+    };
+    ensure!(
+        ok,
+        "time limit {value:?} is not in Slurm's format (MM, HH:MM:SS, D-HH:MM:SS)"
+    );
+    Ok(())
+}
+
+/// Splits one extra `sbatch` option line into words (shell-like quoting, as
+/// `sbatch` reads `#SBATCH` lines) and refuses options the tool sets itself
+/// or that would stop it from following the job.
+pub fn validate_sbatch_option(line: &str) -> Result<Vec<String>> {
+    no_control("sbatch option", line)?;
+    let words = shlex::split(line)
+        .with_context(|| format!("failed to parse sbatch option {line:?}: unbalanced quotes"))?;
+    let first = words
+        .first()
+        .with_context(|| format!("sbatch option {line:?} is empty"))?;
+    ensure!(
+        first.starts_with('-'),
+        "sbatch option {line:?} does not start with '-'"
+    );
+    for word in &words {
+        if let Some(why) = reserved_option(word) {
+            bail!("sbatch option {line:?} is not allowed: {why}");
+        }
+        no_separator("sbatch option", word)?;
+    }
+    Ok(words)
+}
+
+/// Long options the tool owns, with the reason users see.
+const RESERVED_LONG: &[(&str, &str)] = &[
+    ("job-name", "use the job-name input"),
+    ("output", "firecrest-ci sets the output file and streams it"),
+    ("error", "use the separate-stderr input"),
+    ("chdir", "the job runs in its own run directory"),
+    ("wrap", "the job runs the generated script"),
+    ("account", "use the account input"),
+    ("partition", "use the partition input"),
+    ("reservation", "use the reservation input"),
+    ("dependency", "firecrest-ci sets dependencies itself"),
+    ("array", "firecrest-ci follows a single job"),
+    ("wait", "submission must return at once"),
+    ("hold", "a held job would never start"),
+    ("test-only", "no job would be submitted"),
+    ("parsable", "it changes sbatch's reply"),
+];
+
+/// Short forms of the reserved options.
+const RESERVED_SHORT: &[(char, &str)] = &[
+    ('J', "job-name"),
+    ('o', "output"),
+    ('e', "error"),
+    ('D', "chdir"),
+    ('A', "account"),
+    ('p', "partition"),
+    ('d', "dependency"),
+    ('a', "array"),
+    ('W', "wait"),
+    ('H', "hold"),
+];
+
+fn reserved_option(word: &str) -> Option<&'static str> {
+    if let Some(long) = word.strip_prefix("--") {
+        let name = long.split('=').next().unwrap_or("");
+        // getopt accepts any unambiguous prefix (`--out=x` is `--output`).
+        if name.len() < 2 {
+            return None;
+        }
+        return RESERVED_LONG
+            .iter()
+            .find(|(full, _)| full.starts_with(name))
+            .map(|(_, why)| *why);
+    }
+    let short = word.strip_prefix('-')?.chars().next()?;
+    let (_, long) = RESERVED_SHORT.iter().find(|(c, _)| *c == short)?;
+    RESERVED_LONG
+        .iter()
+        .find(|(full, _)| full == long)
+        .map(|(_, why)| *why)
+}
+
+fn sbatch_lines(spec: &ScriptSpec, s: &mut String) -> Result<()> {
+    let mut line = |option: &str, value: &str| {
+        let _ = writeln!(s, "#SBATCH --{option}={}", sbatch_word(value));
+    };
+    ensure!(!spec.job_name.trim().is_empty(), "the job name is empty");
+    no_control("job name", &spec.job_name)?;
+    no_separator("job name", &spec.job_name)?;
+    line("job-name", &spec.job_name);
+
+    // `%` starts a Slurm file-name pattern (`%j`); `%%` is a literal `%`.
+    let output = abs_path("output file", &spec.output_file)?;
+    no_separator("output file", output)?;
+    line("output", &output.replace('%', "%%"));
+    if let Some(error) = &spec.error_file {
+        abs_path("error file", error)?;
+        no_separator("error file", error)?;
+        line("error", &error.replace('%', "%%"));
+    }
+    // A requeued job appends instead of truncating, so the log keeps
+    // growing and the client's read offset stays valid.
+    line("open-mode", "append");
+    if let Some(time) = &spec.time_limit {
+        validate_time_limit(time)?;
+        line("time", time);
+    }
+    if let Some(nodes) = &spec.nodes {
+        let ok = match nodes.split_once('-') {
+            Some((min, max)) => is_count(min) && is_count(max),
+            None => is_count(nodes),
+        };
+        ensure!(ok, "nodes {nodes:?} is not N or MIN-MAX");
+        line("nodes", nodes);
+    }
+    if let Some(ntasks) = spec.ntasks {
+        ensure!(ntasks > 0, "ntasks must be at least 1");
+        line("ntasks", &ntasks.to_string());
+    }
+    if let Some(gpus) = &spec.gpus {
+        let (kind, count) = gpus.rsplit_once(':').unwrap_or(("x", gpus));
+        let kind_ok = !kind.is_empty()
+            && kind
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        ensure!(
+            kind_ok && is_count(count),
+            "gpus {gpus:?} is not N or TYPE:N"
+        );
+        line("gpus", gpus);
+    }
+    if let Some(constraint) = &spec.constraint {
+        ensure!(!constraint.trim().is_empty(), "the constraint is empty");
+        no_control("constraint", constraint)?;
+        no_separator("constraint", constraint)?;
+        line("constraint", constraint);
+    }
+    for option in &spec.extra_options {
+        let words = validate_sbatch_option(option)?;
+        let words: Vec<String> = words.iter().map(|w| sbatch_option_word(w)).collect();
+        let _ = writeln!(s, "#SBATCH {}", words.join(" "));
+    }
+    Ok(())
+}
+
+/// One word of a `#SBATCH` line. `sbatch` splits on blanks, honours quotes
+/// and backslashes, and treats an unquoted `#` as a comment: quote when any
+/// of them appears. Double quotes, because old `sbatch` knows no others.
+fn sbatch_word(value: &str) -> String {
+    let plain = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '#'));
+    if plain {
+        value.to_string()
+    } else {
+        format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+/// Like [`sbatch_word`], but keeps `--name=` outside the quotes for readability.
+fn sbatch_option_word(word: &str) -> String {
+    match word.split_once('=') {
+        Some((name, value)) if name.starts_with('-') && sbatch_word(name) == name => {
+            format!("{name}={}", sbatch_word(value))
+        }
+        _ => sbatch_word(word),
+    }
+}
+
+/// Quotes for bash: single quotes, with `'` written as `'\''`. Exact for
+/// every string without NUL; nothing inside is expanded.
+fn sh_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// A here-document delimiter that is no line of `body`.
+fn heredoc_delimiter(body: &str) -> String {
+    let base = "FIRECREST_CI_END_OF_COMMANDS";
+    let mut delimiter = base.to_string();
+    let mut n = 0;
+    while body.lines().any(|l| l == delimiter) {
+        n += 1;
+        delimiter = format!("{base}_{n}");
+    }
+    delimiter
+}
+
+fn no_control(what: &str, value: &str) -> Result<()> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        bail!("{what} {value:?} contains the control character {c:?}");
+    }
+    Ok(())
+}
+
+/// `sbatch` blanks out the words `hetjob` and `packjob` anywhere in a
+/// `#SBATCH` line (they separate heterogeneous job components).
+fn no_separator(what: &str, value: &str) -> Result<()> {
+    let lower = value.to_ascii_lowercase();
+    ensure!(
+        !lower.contains("hetjob") && !lower.contains("packjob"),
+        "{what} {value:?} contains \"hetjob\" or \"packjob\", which sbatch reads as a job separator"
+    );
+    Ok(())
+}
+
+fn abs_path<'a>(what: &str, path: &'a str) -> Result<&'a str> {
+    no_control(what, path)?;
+    ensure!(path.starts_with('/'), "{what} {path:?} is not absolute");
+    ensure!(!path.contains('\\'), "{what} {path:?} contains a backslash");
+    Ok(path)
+}
+
+/// A path inside the workspace: relative, without `..`.
+fn rel_path<'a>(what: &str, path: &'a str) -> Result<&'a str> {
+    ensure!(!path.trim().is_empty(), "{what} is empty");
+    no_control(what, path)?;
+    ensure!(
+        !path.starts_with('/'),
+        "{what} {path:?} must be relative to the workspace"
+    );
+    ensure!(
+        !path.split('/').any(|c| c == ".."),
+        "{what} {path:?} must not leave the workspace (..)"
+    );
+    Ok(path)
+}
+
+/// A plain file name in the run directory.
+fn file_name<'a>(what: &str, name: &'a str) -> Result<&'a str> {
+    no_control(what, name)?;
+    ensure!(
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\']),
+        "{what} {name:?} is not a plain file name"
+    );
+    ensure!(
+        ![EXTRACTED_MARKER, COMMANDS_FILE, WORKSPACE_DIR].contains(&name),
+        "{what} {name:?} has a name the job script uses itself"
+    );
+    Ok(name)
+}
+
+fn is_count(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()) && s != "0"
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Helpers, traps and the first step: enter the run directory.
+const PROLOGUE: &str = r#"_fci_ready=0
+_fci_signal=
+_fci_say() { printf 'firecrest-ci: %s\n' "$*"; }
+_fci_warn() { printf 'firecrest-ci: warning: %s\n' "$*" >&2; }
+_fci_fail() { printf 'firecrest-ci: error: %s\n' "$*" >&2; exit "$_fci_invalid"; }
+
+# Epilogue: pack the artifacts. Patterns are expanded by bash in the
+# workspace (no word splitting, never eval'd); a path inside a matched
+# directory is dropped because tar packs directories whole.
+_fci_pack_artifacts() {
+  local IFS= _fci_pattern _fci_m _fci_a _fci_any _fci_inside _fci_rc
+  local -a _fci_found=() _fci_keep=() _fci_matches=()
+  local -A _fci_seen=()
+  if ((BASH_VERSINFO[0] < 4)); then _fci_warn "packing artifacts needs bash 4 or newer, this is bash $BASH_VERSION"; return; fi
+  cd -- "$_fci_run_dir/$_fci_workspace" 2>/dev/null || { _fci_warn "the workspace is gone; no artifacts packed"; return; }
+  set +f
+  shopt -s nullglob globstar dotglob
+  for _fci_pattern in "${_fci_artifacts[@]}"; do
+    _fci_any=0
+    _fci_matches=( $_fci_pattern )
+    for _fci_m in "${_fci_matches[@]}"; do
+      [ -e "$_fci_m" ] || [ -L "$_fci_m" ] || continue
+      while [[ $_fci_m == ./* ]]; do _fci_m=${_fci_m#./}; done
+      while [[ $_fci_m == */ ]]; do _fci_m=${_fci_m%/}; done
+      case "/$_fci_m/" in */../*) continue ;; esac
+      if [ -z "$_fci_m" ] || [ "$_fci_m" = . ]; then _fci_m=.; else _fci_m=./$_fci_m; fi
+      _fci_any=1
+      [ -n "${_fci_seen[$_fci_m]+x}" ] && continue
+      _fci_seen[$_fci_m]=1
+      _fci_found+=("$_fci_m")
+    done
+    [ "$_fci_any" = 1 ] || _fci_warn "artifact pattern '$_fci_pattern' matched nothing"
+  done
+  for _fci_m in "${_fci_found[@]}"; do
+    _fci_a=$_fci_m
+    _fci_inside=0
+    while [[ $_fci_a == */* ]]; do
+      _fci_a=${_fci_a%/*}
+      if [ -n "${_fci_seen[$_fci_a]+x}" ] && [ -d "$_fci_a" ] && [ ! -L "$_fci_a" ]; then _fci_inside=1; break; fi
+    done
+    [ "$_fci_inside" = 1 ] || _fci_keep+=("$_fci_m")
+  done
+  if [ "${#_fci_keep[@]}" -eq 0 ]; then
+    tar -czf "$_fci_artifacts_archive.partial" -T /dev/null
+  else
+    tar -czf "$_fci_artifacts_archive.partial" "${_fci_keep[@]}"
+  fi
+  _fci_rc=$?
+  # GNU tar exits 1 when a file changed while it was read: the archive is still whole.
+  if [ "$_fci_rc" -gt 1 ] || ! mv -f -- "$_fci_artifacts_archive.partial" "$_fci_artifacts_archive"; then
+    rm -f -- "$_fci_artifacts_archive.partial"
+    _fci_warn "could not pack the artifacts (tar exit status $_fci_rc)"
+    return
+  fi
+  if [ "${#_fci_keep[@]}" -eq 1 ]; then _fci_say "artifacts packed (1 path)"; else _fci_say "artifacts packed (${#_fci_keep[@]} paths)"; fi
+}
+
+# Runs on every exit: after the commands, after `exit`, after SIGTERM.
+_fci_finish() {
+  local _fci_status=$?
+  trap '' TERM INT HUP
+  trap - EXIT
+  if [ "$_fci_ready" = 1 ]; then
+    if [ -n "$_fci_signal" ]; then
+      _fci_say "stopped by SIG$_fci_signal (time limit or cancellation)"
+    else
+      _fci_say "commands exited with status $_fci_status"
+    fi
+    [ "${#_fci_artifacts[@]}" -gt 0 ] && _fci_pack_artifacts
+  fi
+  exit "$_fci_status"
+}
+trap _fci_finish EXIT
+trap '_fci_signal=TERM; exit 143' TERM
+trap '_fci_signal=INT; exit 130' INT
+trap '_fci_signal=HUP; exit 129' HUP
+
+cd -- "$_fci_run_dir" 2>/dev/null || _fci_fail "cannot enter the run directory $_fci_run_dir"
+_fci_say "job ${SLURM_JOB_ID:-(local)} on ${SLURMD_NODENAME:-${HOSTNAME:-this machine}}"
+"#;
+
+/// Sources the forwarded variables and deletes the file at once.
+const LOAD_ENV: &str = r#"if [ -f "$_fci_env_file" ]; then
+  . "./$_fci_env_file"
+  rm -f -- "./$_fci_env_file"
+  _fci_say "forwarded variables set"
+elif [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+  _fci_warn "the job was requeued: forwarded variables were deleted at its first start and are not set"
+else
+  _fci_fail "the forwarded-variables file $_fci_env_file is missing from $_fci_run_dir"
+fi
+"#;
+
+/// Reassembles, verifies and extracts the workspace archive.
+const UNPACK: &str = r#"_fci_sha256_ok() {
+  if command -v sha256sum >/dev/null 2>&1; then
+    printf '%s  %s\n' "$_fci_sha256" "$_fci_archive" | sha256sum -c --status -
+  else
+    printf '%s  %s\n' "$_fci_sha256" "$_fci_archive" | shasum -a 256 -c --status -
+  fi
+}
+if [ -f "$_fci_marker" ] && [ -d "$_fci_workspace" ]; then
+  _fci_say "job restarted: reusing the workspace extracted at its first start"
+else
+  if [ ! -f "$_fci_archive" ]; then
+    for _fci_p in "${_fci_parts[@]}"; do
+      [ -f "$_fci_p" ] || _fci_fail "workspace archive part $_fci_p is missing: the upload did not complete"
+    done
+    cat -- "${_fci_parts[@]}" > "$_fci_archive.partial" && mv -f -- "$_fci_archive.partial" "$_fci_archive" \
+      || _fci_fail "cannot reassemble the workspace archive from ${#_fci_parts[@]} parts (disk full?)"
+    rm -f -- "${_fci_parts[@]}"
+  fi
+  _fci_sha256_ok || _fci_fail "the workspace archive is corrupt: its SHA-256 does not match the uploaded archive's"
+  rm -rf -- "$_fci_workspace" && mkdir -- "$_fci_workspace" || _fci_fail "cannot create $_fci_run_dir/$_fci_workspace"
+  tar -xzf "$_fci_archive" -C "$_fci_workspace" || _fci_fail "cannot extract the workspace archive (see tar's message above)"
+  : > "$_fci_marker"
+  rm -f -- "$_fci_archive"
+  _fci_files=$(find "$_fci_workspace" -type f | wc -l)
+  _fci_say "workspace ready ($((_fci_files)) files)"
+fi
+cd -- "$_fci_workspace" || _fci_fail "cannot enter $_fci_run_dir/$_fci_workspace"
+"#;
+
+/// Inline commands: `set -eo pipefail` in a subshell, so `exit N` ends only
+/// the subshell and N becomes the job's exit status.
+const RUN_INLINE: &str = r#"_fci_ready=1
+(
+  set -eo pipefail
+  . "$_fci_commands"
+)
+exit $?
+"#;
+
+/// A script file: as a program when it has a `#!` line, else with bash.
+const RUN_SCRIPT_FILE: &str = r#"_fci_ready=1
+(
+  set -eo pipefail
+  if [ ! -f "./$_fci_script" ]; then
+    printf 'firecrest-ci: error: the script file %s is not in the workspace\n' "$_fci_script" >&2
+    exit 127
+  fi
+  _fci_head=
+  IFS= read -r -n 2 _fci_head < "./$_fci_script" || true
+  if [ "$_fci_head" = '#!' ]; then
+    [ -x "./$_fci_script" ] || chmod u+x -- "./$_fci_script"
+    "./$_fci_script"
+  else
+    bash "./$_fci_script"
+  fi
+)
+exit $?
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command as Process, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn spec(run_dir: &str) -> ScriptSpec {
+        ScriptSpec {
+            job_name: "ci-42".into(),
+            run_dir: run_dir.into(),
+            output_file: format!("{run_dir}/job.out"),
+            error_file: None,
+            time_limit: Some("00:30:00".into()),
+            nodes: Some("1".into()),
+            ntasks: Some(4),
+            gpus: Some("a100:1".into()),
+            constraint: Some("gpu&(a100|h100)".into()),
+            extra_options: vec!["--mem=8G".into()],
+            archive_parts: vec!["ws.tar.gz".into()],
+            archive_sha256: "0".repeat(64),
+            env_file: None,
+            command: Command::Inline("echo hi".into()),
+            artifacts: vec![],
+            artifacts_archive: format!("{run_dir}/artifacts.tar.gz"),
+        }
+    }
+
+    fn sbatch_lines_of(script: &str) -> Vec<&str> {
+        script
+            .lines()
+            .filter(|l| l.starts_with("#SBATCH"))
+            .collect()
+    }
+
+    #[test]
+    fn renders_sbatch_header() {
+        let script = render(&spec("/scratch/u/run-1")).unwrap();
+        assert!(script.starts_with("#!/bin/bash -l\n#SBATCH "));
+        assert_eq!(
+            sbatch_lines_of(&script),
+            [
+                "#SBATCH --job-name=ci-42",
+                "#SBATCH --output=/scratch/u/run-1/job.out",
+                "#SBATCH --open-mode=append",
+                "#SBATCH --time=00:30:00",
+                "#SBATCH --nodes=1",
+                "#SBATCH --ntasks=4",
+                "#SBATCH --gpus=a100:1",
+                "#SBATCH --constraint=gpu&(a100|h100)",
+                "#SBATCH --mem=8G",
+            ]
+        );
+        // sbatch stops reading options at the first command: all of them come first.
+        let header: Vec<&str> = script.lines().take(10).collect();
+        assert!(header[1..].iter().all(|l| l.starts_with("#SBATCH")));
+        assert!(!script.contains("--account") && !script.contains("--partition"));
+        assert!(script.contains("_fci_run_dir='/scratch/u/run-1'\n"));
+    }
+
+    #[test]
+    fn renders_separate_stderr_and_quotes_values() {
+        let mut s = spec("/scratch/u/my run%1");
+        s.job_name = "my \"job\" #1".into();
+        s.error_file = Some("/scratch/u/my run%1/job.err".into());
+        s.time_limit = None;
+        s.nodes = Some("2-4".into());
+        s.gpus = Some("2".into());
+        s.extra_options = vec![
+            "--comment=\"hello world\"".into(),
+            "--exclusive --mail-type=END,FAIL".into(),
+        ];
+        let script = render(&s).unwrap();
+        assert_eq!(
+            sbatch_lines_of(&script),
+            [
+                r#"#SBATCH --job-name="my \"job\" #1""#,
+                r#"#SBATCH --output="/scratch/u/my run%%1/job.out""#,
+                r#"#SBATCH --error="/scratch/u/my run%%1/job.err""#,
+                "#SBATCH --open-mode=append",
+                "#SBATCH --nodes=2-4",
+                "#SBATCH --ntasks=4",
+                "#SBATCH --gpus=2",
+                "#SBATCH --constraint=gpu&(a100|h100)",
+                r#"#SBATCH --comment="hello world""#,
+                "#SBATCH --exclusive --mail-type=END,FAIL",
+            ]
+        );
+        assert!(script.contains("_fci_run_dir='/scratch/u/my run%1'\n"));
+    }
+
+    #[test]
+    fn refuses_injection_into_sbatch_lines() {
+        type Change = Box<dyn Fn(&mut ScriptSpec)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "job name",
+                Box::new(|s| s.job_name = "x\necho pwned".into()),
+            ),
+            (
+                "job name",
+                Box::new(|s| s.job_name = "x\recho pwned".into()),
+            ),
+            ("job name", Box::new(|s| s.job_name = "my-hetjob".into())),
+            (
+                "time limit",
+                Box::new(|s| s.time_limit = Some("10\nrm -rf ~".into())),
+            ),
+            (
+                "time limit",
+                Box::new(|s| s.time_limit = Some("10 --wrap=x".into())),
+            ),
+            (
+                "time limit",
+                Box::new(|s| s.time_limit = Some("1:2:3:4".into())),
+            ),
+            ("nodes", Box::new(|s| s.nodes = Some("1 #x".into()))),
+            ("nodes", Box::new(|s| s.nodes = Some("0".into()))),
+            ("gpus", Box::new(|s| s.gpus = Some("a100:1 --x".into()))),
+            (
+                "constraint",
+                Box::new(|s| s.constraint = Some("gpu\n#SBATCH --x".into())),
+            ),
+            (
+                "sbatch option",
+                Box::new(|s| s.extra_options = vec!["--mem=1G\necho pwned".into()]),
+            ),
+            (
+                "sbatch option",
+                Box::new(|s| s.extra_options = vec!["echo pwned".into()]),
+            ),
+            (
+                "sbatch option",
+                Box::new(|s| s.extra_options = vec!["--comment=\"open".into()]),
+            ),
+            (
+                "sbatch option",
+                Box::new(|s| s.extra_options = vec!["--mem=1G --output=/tmp/x".into()]),
+            ),
+            (
+                "sbatch option",
+                Box::new(|s| s.extra_options = vec!["--out=/tmp/x".into()]),
+            ),
+            (
+                "sbatch option",
+                Box::new(|s| s.extra_options = vec!["-pdebug".into()]),
+            ),
+            (
+                "sbatch option",
+                Box::new(|s| s.extra_options = vec!["--account=x".into()]),
+            ),
+            (
+                "output file",
+                Box::new(|s| s.output_file = "job.out".into()),
+            ),
+            (
+                "output file",
+                Box::new(|s| s.output_file = "/a/b\n.out".into()),
+            ),
+            (
+                "error file",
+                Box::new(|s| s.error_file = Some("/a\\b".into())),
+            ),
+            ("run directory", Box::new(|s| s.run_dir = "/a/\nb".into())),
+            ("run directory", Box::new(|s| s.run_dir = "relative".into())),
+            (
+                "artifact pattern",
+                Box::new(|s| s.artifacts = vec!["../secret".into()]),
+            ),
+            (
+                "artifact pattern",
+                Box::new(|s| s.artifacts = vec!["/etc/passwd".into()]),
+            ),
+            (
+                "artifact pattern",
+                Box::new(|s| s.artifacts = vec!["a\nb".into()]),
+            ),
+            (
+                "script file",
+                Box::new(|s| s.command = Command::ScriptFile("../x.sh".into())),
+            ),
+            (
+                "workspace archive part",
+                Box::new(|s| s.archive_parts = vec!["../x".into()]),
+            ),
+            (
+                "checksum",
+                Box::new(|s| s.archive_sha256 = "abc; rm -rf /".into()),
+            ),
+            (
+                "forwarded-variables file",
+                Box::new(|s| s.env_file = Some("a/b".into())),
+            ),
+            (
+                "commands",
+                Box::new(|s| s.command = Command::Inline("a\0b".into())),
+            ),
+        ];
+        for (what, change) in cases {
+            let mut s = spec("/scratch/u/run");
+            change(&mut s);
+            let err = render(&s).expect_err(&format!("{s:?} was accepted"));
+            assert!(format!("{err:#}").contains(what), "{what}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn sbatch_option_words() {
+        assert_eq!(
+            validate_sbatch_option("--comment='a b' -N2").unwrap(),
+            ["--comment=a b", "-N2"]
+        );
+        assert!(validate_sbatch_option("--wait-all-nodes=1").is_ok());
+        assert!(validate_sbatch_option("--hint=nomultithread").is_ok());
+        for bad in [
+            "--wait",
+            "-W",
+            "--array=1-3",
+            "--parsable",
+            "--chdir=/",
+            "--dep=afterok:1",
+        ] {
+            assert!(validate_sbatch_option(bad).is_err(), "{bad}");
+        }
+        for ok in [
+            "30",
+            "1:30",
+            "1:30:00",
+            "2-12",
+            "2-12:00",
+            "1-12:00:00",
+            "UNLIMITED",
+        ] {
+            assert!(validate_time_limit(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1h", "-1", "1-", "1:2:3:4", "1-2:3:4:5", "1 2"] {
+            assert!(validate_time_limit(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostile_text_stays_inert_in_the_script() {
+        let mut s = spec("/scratch/u/run");
+        s.artifacts = vec![
+            "$(touch pwned)".into(),
+            "`touch pwned`".into(),
+            "it's/*".into(),
+        ];
+        let script = render(&s).unwrap();
+        assert!(script.contains(r#"_fci_artifacts=('$(touch pwned)' '`touch pwned`' 'it'\''s/*')"#));
+
+        // Commands containing the here-document delimiter cannot end it early.
+        let commands = "echo a\nFIRECREST_CI_END_OF_COMMANDS\necho b\n";
+        s.command = Command::Inline(commands.into());
+        let script = render(&s).unwrap();
+        assert!(script.contains("<<'FIRECREST_CI_END_OF_COMMANDS_1'"));
+        assert!(script.contains(&format!("{commands}FIRECREST_CI_END_OF_COMMANDS_1\n")));
+    }
+
+    #[test]
+    fn env_file_quotes_exactly_and_skips_bad_names() {
+        let mut env = BTreeMap::new();
+        env.insert("A".to_string(), Secret::new("it's"));
+        env.insert("BAD NAME".to_string(), Secret::new("x"));
+        env.insert("X;rm -rf ~".to_string(), Secret::new("x"));
+        env.insert("_fci_status".to_string(), Secret::new("x"));
+        let text = render_env_file(&env);
+        assert_eq!(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            [r#"export A='it'\''s'"#]
+        );
+    }
+
+    // ---- running the rendered script with the system bash ----
+
+    /// A run directory with a packed workspace, as the upload leaves it.
+    struct Run {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+        spec: ScriptSpec,
+    }
+
+    fn run_dir_with(files: &[(&str, &str, u32)], parts: usize) -> Run {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run dir");
+        std::fs::create_dir(&dir).unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        for (name, text, mode) in files {
+            let path = src.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        let status = Process::new("tar")
+            .arg("-czf")
+            .arg(tmp.path().join("ws.tar.gz"))
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let archive = std::fs::read(tmp.path().join("ws.tar.gz")).unwrap();
+        use sha2::Digest;
+        let sha = hex::encode(sha2::Sha256::digest(&archive));
+        let chunk = archive.len().div_ceil(parts);
+        let names: Vec<String> = archive
+            .chunks(chunk)
+            .enumerate()
+            .map(|(i, bytes)| {
+                let name = format!("ws.tar.gz.part{i:03}");
+                std::fs::write(dir.join(&name), bytes).unwrap();
+                name
+            })
+            .collect();
+        assert_eq!(names.len(), parts);
+        let d = dir.to_str().unwrap().to_string();
+        let mut spec = spec(&d);
+        spec.archive_parts = names;
+        spec.archive_sha256 = sha;
+        Run {
+            _tmp: tmp,
+            dir,
+            spec,
+        }
+    }
+
+    fn workspace() -> Run {
+        run_dir_with(
+            &[
+                ("hello.txt", "hello\n", 0o644),
+                ("out/a.log", "a\n", 0o644),
+                ("out/sub/b.log", "b\n", 0o644),
+                (
+                    "tools/with-shebang",
+                    "#!/bin/sh\necho \"sh says $1${1:-hi}\"\nexit 4\n",
+                    0o644,
+                ),
+                (
+                    "tools/no-shebang.sh",
+                    "echo \"bash $BASH_VERSION\"\n[[ 1 == 1 ]] && exit 6\n",
+                    0o644,
+                ),
+            ],
+            1,
+        )
+    }
+
+    impl Run {
+        fn script(&self) -> PathBuf {
+            let path = self.dir.parent().unwrap().join("job.sh");
+            std::fs::write(&path, render(&self.spec).unwrap()).unwrap();
+            path
+        }
+
+        fn command(&self) -> Process {
+            let mut cmd = Process::new("bash");
+            cmd.arg("-l")
+                .arg(self.script())
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("HOME", self.dir.parent().unwrap())
+                .current_dir(self.dir.parent().unwrap());
+            cmd
+        }
+
+        fn run(&self) -> Output {
+            self.command().output().unwrap()
+        }
+
+        fn artifact_names(&self) -> Vec<String> {
+            let out = Process::new("tar")
+                .arg("-tzf")
+                .arg(&self.spec.artifacts_archive)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "no artifacts archive");
+            let mut names: Vec<String> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| l.trim_end_matches('/').to_string())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn runs_echo_hi() {
+        let run = workspace();
+        let out = run.run();
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        assert!(stdout.lines().any(|l| l == "hi"), "{stdout}");
+        assert!(
+            stdout.contains("firecrest-ci: workspace ready (5 files)"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("firecrest-ci: commands exited with status 0"));
+        // The archive is gone, the workspace is in place, no artifacts asked for.
+        assert!(!run.dir.join("ws.tar.gz.part000").exists());
+        assert!(run.dir.join("workspace/out/sub/b.log").is_file());
+        assert!(!Path::new(&run.spec.artifacts_archive).exists());
+    }
+
+    #[test]
+    fn exit_in_commands_is_the_status_and_artifacts_are_still_packed() {
+        let mut run = workspace();
+        run.spec.command = Command::Inline("echo before\nexit 5\necho after".into());
+        run.spec.artifacts = vec!["out/**".into(), "hello.txt".into(), "missing/*.xml".into()];
+        let out = run.run();
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(5), "{stdout}{stderr}");
+        assert!(stdout.contains("before") && !stdout.contains("after"));
+        assert_eq!(
+            stdout.matches("commands exited with status 5").count(),
+            1,
+            "{stdout}"
+        );
+        assert!(stderr.contains("warning: artifact pattern 'missing/*.xml' matched nothing"));
+        // `out/**` matched `out` and everything in it: each path once.
+        assert_eq!(
+            run.artifact_names(),
+            [
+                "./hello.txt",
+                "./out",
+                "./out/a.log",
+                "./out/sub",
+                "./out/sub/b.log"
+            ]
+        );
+    }
+
+    #[test]
+    fn whole_workspace_pattern_packs_each_path_once() {
+        let mut run = workspace();
+        run.spec.artifacts = vec![".".into(), "out/*.log".into(), "**".into()];
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let names = run.artifact_names();
+        assert!(names.contains(&"./out/sub/b.log".to_string()), "{names:?}");
+        let mut unique = names.clone();
+        unique.dedup();
+        assert_eq!(names, unique, "a path was packed twice");
+        assert!(text(&out.stdout).contains("artifacts packed (1 path)"));
+    }
+
+    #[test]
+    fn failing_command_stops_the_block() {
+        let mut run = workspace();
+        run.spec.command = Command::Inline(
+            "echo one\nls /no/such/dir | cat\necho two\n(exit 3)\necho three".into(),
+        );
+        let out = run.run();
+        let stdout = text(&out.stdout);
+        // pipefail: the failing `ls` in a pipeline stops the block with its code.
+        assert_eq!(out.status.code(), Some(2), "{stdout}");
+        assert!(
+            stdout.contains("one") && !stdout.contains("two"),
+            "{stdout}"
+        );
+
+        run.spec.command = Command::Inline("echo one\n(exit 3)\necho two".into());
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+        assert!(!text(&out.stdout).contains("two"));
+    }
+
+    #[test]
+    fn corrupt_archive_exits_65() {
+        let run = run_dir_with(&[("a.txt", "a\n", 0o644)], 3);
+        // Flip one byte in the middle part.
+        let part = run.dir.join(&run.spec.archive_parts[1]);
+        let mut bytes = std::fs::read(&part).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&part, bytes).unwrap();
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(codes::WORKSPACE_INVALID));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("firecrest-ci: error: the workspace archive is corrupt"),
+            "{stderr}"
+        );
+        assert!(!text(&out.stdout).contains("hi\n"));
+
+        // A missing part says so.
+        let run = run_dir_with(&[("a.txt", "a\n", 0o644)], 2);
+        std::fs::remove_file(run.dir.join(&run.spec.archive_parts[1])).unwrap();
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(codes::WORKSPACE_INVALID));
+        assert!(text(&out.stderr).contains("part ws.tar.gz.part001 is missing"));
+
+        // An archive with the right checksum that tar cannot read.
+        let run = run_dir_with(&[("a.txt", "a\n", 0o644)], 1);
+        let mut spec = run.spec.clone();
+        std::fs::write(run.dir.join("junk"), b"not a tarball").unwrap();
+        use sha2::Digest;
+        spec.archive_parts = vec!["junk".into()];
+        spec.archive_sha256 = hex::encode(sha2::Sha256::digest(b"not a tarball"));
+        let run = Run { spec, ..run };
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(codes::WORKSPACE_INVALID));
+        assert!(text(&out.stderr).contains("cannot extract the workspace archive"));
+    }
+
+    #[test]
+    fn multi_part_archive_is_reassembled() {
+        let mut run = run_dir_with(&[("data/x.txt", "x marks\n", 0o644)], 4);
+        run.spec.command = Command::Inline("cat data/x.txt".into());
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("x marks"));
+        for part in &run.spec.archive_parts {
+            assert!(!run.dir.join(part).exists(), "{part} left behind");
+        }
+        assert!(!run.dir.join(REASSEMBLED_ARCHIVE).exists());
+    }
+
+    #[test]
+    fn forwarded_values_arrive_exactly_and_the_file_is_deleted() {
+        let mut run = workspace();
+        let values = [
+            ("COMMAS", "a,b,,c"),
+            ("QUOTES", r#"it's "quoted" ''"#),
+            ("NEWLINES", "line1\nline2\n\n"),
+            ("DOLLAR", "$HOME $(touch pwned) `touch pwned` ${X:-y}"),
+            ("BACKSLASH", r"back\slash\\ \n \"),
+            ("EMPTY", ""),
+            ("UNICODE", "grüße ✓"),
+        ];
+        let env: BTreeMap<String, Secret> = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), Secret::new(*v)))
+            .collect();
+        let env_text = render_env_file(&env);
+        let env_path = run.dir.join("env.sh");
+        std::fs::write(&env_path, &env_text).unwrap();
+        run.spec.env_file = Some("env.sh".into());
+        let dump = run.dir.parent().unwrap().join("dump");
+        let names: Vec<&str> = values.iter().map(|(k, _)| *k).collect();
+        run.spec.command = Command::Inline(format!(
+            "for v in {}; do printf '%s\\0' \"${{!v}}\"; done > '{}'",
+            names.join(" "),
+            dump.display()
+        ));
+        let script = render(&run.spec).unwrap();
+        for (_, v) in &values[..5] {
+            assert!(!script.contains(v), "the script contains a value");
+        }
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let mut got = Vec::new();
+        std::fs::File::open(&dump)
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        let got: Vec<String> = got
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+            .collect();
+        let want: Vec<String> = values
+            .iter()
+            .map(|(_, v)| v.to_string())
+            .chain([String::new()])
+            .collect();
+        assert_eq!(got, want);
+        assert!(!env_path.exists(), "the env file is still there");
+        assert!(!run.dir.join("workspace/pwned").exists());
+        assert!(!run.dir.join("pwned").exists());
+        assert!(text(&out.stdout).contains("firecrest-ci: forwarded variables set"));
+    }
+
+    #[test]
+    fn missing_env_file_fails_clearly() {
+        let mut run = workspace();
+        run.spec.env_file = Some("env.sh".into());
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(codes::WORKSPACE_INVALID));
+        assert!(text(&out.stderr).contains("forwarded-variables file env.sh is missing"));
+    }
+
+    #[test]
+    fn script_files_with_and_without_shebang() {
+        let mut run = workspace();
+        run.spec.command = Command::ScriptFile("tools/with-shebang".into());
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("sh says hi"));
+
+        let mut run = workspace();
+        run.spec.command = Command::ScriptFile("tools/no-shebang.sh".into());
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("bash 5") || text(&out.stdout).contains("bash 4"));
+
+        let mut run = workspace();
+        run.spec.command = Command::ScriptFile("tools/none.sh".into());
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(127));
+        assert!(text(&out.stderr).contains("script file tools/none.sh is not in the workspace"));
+    }
+
+    #[test]
+    fn hostile_artifact_patterns_are_inert() {
+        let mut run = workspace();
+        run.spec.artifacts = vec![
+            "$(touch pwned)".into(),
+            "`touch pwned`".into(),
+            "hello.txt; touch pwned".into(),
+            "out/*.log".into(),
+        ];
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(!run.dir.join("workspace/pwned").exists());
+        assert!(!run.dir.join("pwned").exists());
+        assert_eq!(run.artifact_names(), ["./out/a.log"]);
+        assert_eq!(text(&out.stderr).matches("matched nothing").count(), 3);
+    }
+
+    #[test]
+    fn sigterm_still_runs_the_epilogue() {
+        use std::os::unix::process::CommandExt;
+        let mut run = workspace();
+        run.spec.artifacts = vec!["hello.txt".into(), "late.txt".into()];
+        run.spec.command = Command::Inline(
+            "echo started > started\necho late > late.txt\nsleep 30\necho unreachable".into(),
+        );
+        let child = run
+            .command()
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = run.dir.join("workspace/started");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !started.exists() {
+            assert!(Instant::now() < deadline, "the commands never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let t0 = Instant::now();
+        nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the job did not stop"
+        );
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(143),
+            "{stdout}{}",
+            text(&out.stderr)
+        );
+        assert!(!stdout.contains("unreachable"));
+        assert!(
+            stdout.contains("firecrest-ci: stopped by SIGTERM"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("firecrest-ci: artifacts packed (2 paths)"),
+            "{stdout}"
+        );
+        assert_eq!(run.artifact_names(), ["./hello.txt", "./late.txt"]);
+    }
+
+    #[test]
+    fn requeued_job_reuses_the_workspace() {
+        let mut run = workspace();
+        run.spec.command = Command::Inline("echo run >> runs.txt; cat runs.txt | wc -l".into());
+        assert_eq!(run.run().status.code(), Some(0));
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("reusing the workspace"), "{stdout}");
+        assert!(stdout.lines().any(|l| l.trim() == "2"), "{stdout}");
+    }
+
+    #[test]
+    fn unreachable_run_dir_exits_65() {
+        let mut run = workspace();
+        run.spec.run_dir = format!("{}/gone", run.dir.display());
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(codes::WORKSPACE_INVALID));
+        assert!(text(&out.stderr).contains("cannot enter the run directory"));
+    }
+}
