@@ -66,9 +66,7 @@ impl CachedToken {
 /// How long before expiry to refresh: max(60 s, 20 % of the lifetime), but
 /// never more than half of it, so very short tokens are still reused.
 pub(crate) fn refresh_margin(lifetime: Duration) -> Duration {
-    Duration::from_secs(60)
-        .max(lifetime / 5)
-        .min(lifetime / 2)
+    Duration::from_secs(60).max(lifetime / 5).min(lifetime / 2)
 }
 
 #[derive(Default)]
@@ -195,10 +193,7 @@ impl TokenSource {
     ) -> Result<TokenResponse> {
         let mut backoff = Backoff::new(self.retry);
         loop {
-            let err = match self
-                .grant(state, token_url, client_id, client_secret)
-                .await
-            {
+            let err = match self.grant(state, token_url, client_id, client_secret).await {
                 Ok(reply) => return Ok(reply),
                 Err(err) => err,
             };
@@ -236,7 +231,10 @@ impl TokenSource {
         client_secret: &Secret,
     ) -> Result<TokenResponse> {
         let first = state.style.unwrap_or(ClientAuthStyle::Form);
-        let rejection = match self.post(first, token_url, client_id, client_secret).await? {
+        let rejection = match self
+            .post(first, token_url, client_id, client_secret)
+            .await?
+        {
             Grant::Token(reply) => {
                 state.style = Some(first);
                 return Ok(reply);
@@ -246,7 +244,10 @@ impl TokenSource {
         if state.style.is_none() && first == ClientAuthStyle::Form {
             tracing::debug!("token endpoint rejected form client auth, trying HTTP Basic");
             let basic = ClientAuthStyle::Basic;
-            if let Grant::Token(reply) = self.post(basic, token_url, client_id, client_secret).await? {
+            if let Grant::Token(reply) = self
+                .post(basic, token_url, client_id, client_secret)
+                .await?
+            {
                 state.style = Some(basic);
                 return Ok(reply);
             }

@@ -25,12 +25,16 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use url::Url;
 
-pub use auth::{AuthError, TokenObserver};
 use auth::TokenSource;
+pub use auth::{AuthError, TokenObserver};
 use models::*;
 pub use retry::RetryPolicy;
 
 use crate::secret::Secret;
+
+/// How often the job list is searched for a job whose submit reply was lost
+/// before submitting it again.
+const LOST_SUBMIT_LOOKUPS: usize = 3;
 
 /// Everything needed to talk to one system of one FirecREST deployment.
 #[derive(Debug, Clone)]
@@ -346,7 +350,11 @@ impl Client {
 
     /// [`Self::download`] into `writer`, once the whole file arrived (so a
     /// retried download never writes half a file twice). Returns the size.
-    pub async fn download_to<W: AsyncWrite + Unpin>(&self, path: &str, writer: &mut W) -> Result<u64> {
+    pub async fn download_to<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        writer: &mut W,
+    ) -> Result<u64> {
         let body = self.download(path).await?;
         writer
             .write_all(&body)
@@ -430,7 +438,9 @@ impl Client {
                 Ok(id) => return Ok(id),
                 Err(err) => err,
             };
-            if !retry::is_transient(&err) {
+            // Unsent failures were already retried by `send` until its
+            // budget ran out; only an ambiguous failure is looked into here.
+            if !retry::is_transient(&err) || retry::is_unsent(&err) {
                 return Err(err);
             }
             let retry_after = ApiError::find(&err).and_then(|e| e.retry_after);
@@ -449,11 +459,19 @@ impl Client {
                 error = %format!("{err:#}"),
                 "job submit failed; checking whether the job exists"
             );
-            // Waiting first also gives the scheduler time to list the job.
+            // Waiting first also gives the scheduler time to list the job;
+            // a new job can take a few seconds to show up, so look again
+            // before concluding it does not exist.
             tokio::time::sleep(delay).await;
-            if let Some(found) = self.find_job_by_name(&job.name).await? {
-                tracing::debug!(job_id = %found, "the job was created despite the failed reply");
-                return Ok(found);
+            let spacing = self.inner.retry.max_delay.min(Duration::from_secs(3));
+            for lookup in 0..LOST_SUBMIT_LOOKUPS {
+                if lookup > 0 {
+                    tokio::time::sleep(spacing).await;
+                }
+                if let Some(found) = self.find_job_by_name(&job.name).await? {
+                    tracing::debug!(job_id = %found, "the job was created despite the failed reply");
+                    return Ok(found);
+                }
             }
         }
     }
@@ -523,7 +541,10 @@ impl Client {
     /// `scancel`. A job that already ended (500 "already completing or
     /// completed") or is unknown (404) counts as cancelled.
     pub async fn cancel_job(&self, job_id: &str) -> Result<()> {
-        let mut call = Call::new(Method::DELETE, vec!["compute", self.system(), "jobs", job_id]);
+        let mut call = Call::new(
+            Method::DELETE,
+            vec!["compute", self.system(), "jobs", job_id],
+        );
         call.is_final = |e| e.is_not_found() || is_already_completed(e);
         match self.send(call).await {
             Ok(_) => Ok(()),
@@ -563,7 +584,8 @@ impl Client {
         let body = complete_multipart_xml(parts);
         let reply = self
             .s3(Method::POST, url, None, |req| {
-                req.header(CONTENT_TYPE, "application/xml").body(body.clone())
+                req.header(CONTENT_TYPE, "application/xml")
+                    .body(body.clone())
             })
             .await?;
         // S3 can answer 200 and still report an error in the body.
@@ -571,7 +593,9 @@ impl Client {
             .text()
             .await
             .map_err(|e| anyhow::Error::new(e.without_url()))
-            .with_context(|| format!("POST {}: reading the reply failed", url_without_query(url)))?;
+            .with_context(|| {
+                format!("POST {}: reading the reply failed", url_without_query(url))
+            })?;
         if text.contains("<Error>") {
             return Err(s3_error(&Method::POST, url, 200, text.as_bytes(), None).into());
         }
@@ -608,7 +632,10 @@ impl Client {
                         .context("failed to write a downloaded object")?;
                     written += chunk.len() as u64;
                 }
-                writer.flush().await.context("failed to flush a downloaded object")?;
+                writer
+                    .flush()
+                    .await
+                    .context("failed to flush a downloaded object")?;
                 Ok(())
             }
             .await;
@@ -617,9 +644,10 @@ impl Client {
                 Err(err) => err,
             };
             // Only a broken stream resumes here; `s3` already retried the request.
-            let broken_stream = err
-                .chain()
-                .any(|c| c.downcast_ref::<reqwest::Error>().is_some_and(|e| e.is_body() || e.is_timeout()));
+            let broken_stream = err.chain().any(|c| {
+                c.downcast_ref::<reqwest::Error>()
+                    .is_some_and(|e| e.is_body() || e.is_timeout())
+            });
             if !broken_stream {
                 return Err(err);
             }
@@ -645,7 +673,8 @@ impl Client {
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
         let shown = url_without_query(url);
-        let parsed = Url::parse(url).with_context(|| format!("invalid presigned URL for {shown}"))?;
+        let parsed =
+            Url::parse(url).with_context(|| format!("invalid presigned URL for {shown}"))?;
         let mut backoff = retry::Backoff::new(self.inner.retry);
         loop {
             let mut req = self.inner.http.request(method.clone(), parsed.clone());
@@ -732,7 +761,10 @@ impl Client {
             if api.is_some_and(|e| e.status == 401) {
                 let message = api.map(|e| e.message.clone()).unwrap_or_default();
                 if !self.inner.tokens.can_refresh() {
-                    return Err(AuthError::StaticTokenRejected { message }.into());
+                    return Err(
+                        anyhow::Error::new(AuthError::StaticTokenRejected { message })
+                            .context(format!("{} {path}", call.method)),
+                    );
                 }
                 if !refreshed {
                     refreshed = true;
@@ -765,7 +797,13 @@ impl Client {
         }
     }
 
-    async fn attempt(&self, call: &Call<'_>, url: &Url, path: &str, token: &Secret) -> Result<Reply> {
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        url: &Url,
+        path: &str,
+        token: &Secret,
+    ) -> Result<Reply> {
         let mut req = self
             .inner
             .http
@@ -801,7 +839,10 @@ impl Client {
     }
 }
 
-async fn multipart_form(file_name: &str, source: &UploadSource) -> Result<reqwest::multipart::Form> {
+async fn multipart_form(
+    file_name: &str,
+    source: &UploadSource,
+) -> Result<reqwest::multipart::Form> {
     let part = match source {
         UploadSource::Bytes(bytes) => reqwest::multipart::Part::bytes(bytes.clone()),
         UploadSource::File(path) => {
@@ -842,7 +883,13 @@ fn log_retry(method: &Method, path: &str, err: &anyhow::Error, attempt: u32, del
 }
 
 /// An `ApiError` from a FirecREST error reply.
-fn api_error(method: &Method, path: &str, status: u16, headers: &HeaderMap, body: &[u8]) -> ApiError {
+fn api_error(
+    method: &Method,
+    path: &str,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
     let (message, error_type) = match parsed {
         Some(ErrorBody {
@@ -873,7 +920,13 @@ fn api_error(method: &Method, path: &str, status: u16, headers: &HeaderMap, body
 }
 
 /// An `ApiError` from an S3 XML error reply (`<Code>`, `<Message>`).
-fn s3_error(method: &Method, url: &str, status: u16, body: &[u8], retry_after: Option<Duration>) -> ApiError {
+fn s3_error(
+    method: &Method,
+    url: &str,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> ApiError {
     let text = String::from_utf8_lossy(body);
     let tag = |name: &str| {
         let open = format!("<{name}>");
@@ -929,10 +982,14 @@ pub(crate) fn url_without_query(url: &str) -> String {
 fn complete_multipart_xml(parts: &[(u32, String)]) -> String {
     let mut sorted: Vec<&(u32, String)> = parts.iter().collect();
     sorted.sort_by_key(|(number, _)| *number);
-    let mut xml =
-        String::from(r#"<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">"#);
+    let mut xml = String::from(
+        r#"<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">"#,
+    );
     for (number, etag) in sorted {
-        let etag = etag.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let etag = etag
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
         xml.push_str(&format!(
             "<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"
         ));
@@ -948,7 +1005,10 @@ mod tests {
     #[test]
     fn presigned_urls_lose_their_signature_in_messages() {
         let url = "http://127.0.0.1:5005/ciuser/k/big.bin?uploadId=x&X-Amz-Signature=abc";
-        assert_eq!(url_without_query(url), "http://127.0.0.1:5005/ciuser/k/big.bin");
+        assert_eq!(
+            url_without_query(url),
+            "http://127.0.0.1:5005/ciuser/k/big.bin"
+        );
         assert_eq!(url_without_query("not a url?sig=1"), "not a url");
     }
 
@@ -985,9 +1045,21 @@ mod tests {
             e.to_string(),
             "GET /status/x/userinfo failed with HTTP 404: System not found"
         );
-        let e = api_error(&Method::GET, "/x", 404, &headers, br#"{"detail":"Not Found"}"#);
+        let e = api_error(
+            &Method::GET,
+            "/x",
+            404,
+            &headers,
+            br#"{"detail":"Not Found"}"#,
+        );
         assert_eq!(e.message, "Not Found");
-        let e = api_error(&Method::GET, "/x", 502, &headers, b"<html>\n Bad   gateway</html>");
+        let e = api_error(
+            &Method::GET,
+            "/x",
+            502,
+            &headers,
+            b"<html>\n Bad   gateway</html>",
+        );
         assert_eq!(e.message, "<html> Bad gateway</html>");
         let e = api_error(&Method::GET, "/x", 502, &headers, b"");
         assert_eq!(e.message, "(empty reply)");
@@ -996,7 +1068,13 @@ mod tests {
     #[test]
     fn s3_errors_read_code_and_message() {
         let body = b"<?xml version=\"1.0\"?><Error><Code>EntityTooSmall</Code><Message>Your proposed upload is smaller</Message></Error>";
-        let e = s3_error(&Method::POST, "http://s3/b/k?X-Amz-Signature=s", 400, body, None);
+        let e = s3_error(
+            &Method::POST,
+            "http://s3/b/k?X-Amz-Signature=s",
+            400,
+            body,
+            None,
+        );
         assert_eq!(e.error_type.as_deref(), Some("EntityTooSmall"));
         assert_eq!(e.message, "Your proposed upload is smaller");
         assert_eq!(e.path, "http://s3/b/k");

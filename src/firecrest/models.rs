@@ -526,9 +526,10 @@ mod tests {
         let transfer = op.data_transfer.unwrap();
         assert_eq!(transfer.service_type.as_deref(), Some("s3"));
         assert_eq!(transfer.multipart.unwrap().max_part_size, Some(10));
-        let op: DataOperation =
-            serde_json::from_value(json!({"maxOpsFileSize": 7, "dataTransfer": {"serviceType": "s3"}}))
-                .unwrap();
+        let op: DataOperation = serde_json::from_value(
+            json!({"maxOpsFileSize": 7, "dataTransfer": {"serviceType": "s3"}}),
+        )
+        .unwrap();
         assert_eq!(op.max_ops_file_size, Some(7));
     }
 }

@@ -139,7 +139,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Attempt count and elapsed time of one retried operation.
@@ -278,7 +281,10 @@ mod tests {
         let bounds = [100, 200, 400, 400, 400, 400];
         for bound in bounds {
             let delay = backoff.next_delay(None).unwrap();
-            assert!(delay <= Duration::from_millis(bound), "{delay:?} > {bound} ms");
+            assert!(
+                delay <= Duration::from_millis(bound),
+                "{delay:?} > {bound} ms"
+            );
         }
         assert_eq!(backoff.attempts(), 7);
         assert_eq!(backoff.next_delay(None), None, "count bound");
