@@ -1,0 +1,377 @@
+//! Access tokens for FirecREST: the OAuth2 client-credentials grant (form
+//! fields first, HTTP Basic if the provider wants that), or a static token
+//! given by the user. Tokens are cached and refreshed well before the server
+//! would reject them (it refuses tokens with under 30 s left), so a job of any
+//! length runs on 5-minute tokens. One refresh at a time: callers that find
+//! the token stale wait on the same lock instead of all asking the provider.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::Mutex;
+
+use super::models::{TokenErrorBody, TokenResponse};
+use super::retry::{self, Backoff, RetryPolicy};
+use super::{ApiError, AuthSource};
+use crate::secret::Secret;
+
+/// Called with every token obtained, so the caller can mask it in CI logs.
+pub type TokenObserver = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Lifetime assumed when the provider does not say (CSCS hands out 300 s).
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Authentication failures a user must fix; `main` maps them to a config error.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "the identity provider at {token_url} rejected the client credentials \
+         (HTTP {status}: {detail}); check FIRECREST_CLIENT_ID and FIRECREST_CLIENT_SECRET"
+    )]
+    ClientRejected {
+        token_url: String,
+        status: u16,
+        detail: String,
+    },
+    #[error(
+        "FirecREST rejected the access token given in FIRECREST_ACCESS_TOKEN ({message}); \
+         a static token cannot be refreshed: give a fresh one, or set \
+         FIRECREST_CLIENT_ID and FIRECREST_CLIENT_SECRET instead"
+    )]
+    StaticTokenRejected { message: String },
+}
+
+/// How the client id and secret travel to the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientAuthStyle {
+    /// `client_id` and `client_secret` as form fields.
+    Form,
+    /// `Authorization: Basic` (RFC 6749 section 2.3.1).
+    Basic,
+}
+
+struct CachedToken {
+    token: Secret,
+    obtained: Instant,
+    lifetime: Duration,
+}
+
+impl CachedToken {
+    fn is_fresh(&self) -> bool {
+        self.obtained.elapsed() + refresh_margin(self.lifetime) < self.lifetime
+    }
+}
+
+/// How long before expiry to refresh: max(60 s, 20 % of the lifetime), but
+/// never more than half of it, so very short tokens are still reused.
+pub(crate) fn refresh_margin(lifetime: Duration) -> Duration {
+    Duration::from_secs(60).max(lifetime / 5).min(lifetime / 2)
+}
+
+#[derive(Default)]
+struct State {
+    cached: Option<CachedToken>,
+    /// The style that worked last time, so a refresh goes straight to it.
+    style: Option<ClientAuthStyle>,
+    static_observed: bool,
+}
+
+/// Hands out valid tokens for one [`AuthSource`].
+pub(crate) struct TokenSource {
+    source: AuthSource,
+    http: reqwest::Client,
+    timeout: Duration,
+    retry: RetryPolicy,
+    state: Mutex<State>,
+    observer: RwLock<Option<TokenObserver>>,
+}
+
+impl TokenSource {
+    pub(crate) fn new(
+        source: AuthSource,
+        http: reqwest::Client,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            source,
+            http,
+            timeout,
+            retry,
+            state: Mutex::new(State::default()),
+            observer: RwLock::new(None),
+        }
+    }
+
+    pub(crate) fn set_observer(&self, observer: TokenObserver) {
+        if let Ok(mut slot) = self.observer.write() {
+            *slot = Some(observer);
+        }
+    }
+
+    fn observe(&self, token: &Secret) {
+        let observer = self.observer.read().ok().and_then(|slot| slot.clone());
+        if let Some(observer) = observer {
+            observer(token.expose());
+        }
+    }
+
+    /// False for a static token: a 401 is then final.
+    pub(crate) fn can_refresh(&self) -> bool {
+        matches!(self.source, AuthSource::ClientCredentials { .. })
+    }
+
+    /// A token with enough life left for the next request.
+    pub(crate) async fn token(&self) -> Result<Secret> {
+        let mut state = self.state.lock().await;
+        match &self.source {
+            AuthSource::AccessToken(token) => {
+                if !state.static_observed {
+                    state.static_observed = true;
+                    self.observe(token);
+                }
+                Ok(token.clone())
+            }
+            AuthSource::ClientCredentials { .. } => {
+                if let Some(cached) = state.cached.as_ref().filter(|c| c.is_fresh()) {
+                    return Ok(cached.token.clone());
+                }
+                self.refresh(&mut state).await
+            }
+        }
+    }
+
+    /// After FirecREST answered 401 to `rejected`: a new token, unless another
+    /// caller already replaced it meanwhile.
+    pub(crate) async fn refresh_after_rejection(&self, rejected: &Secret) -> Result<Secret> {
+        let mut state = self.state.lock().await;
+        if let Some(cached) = &state.cached {
+            if cached.token != *rejected && cached.is_fresh() {
+                return Ok(cached.token.clone());
+            }
+        }
+        self.refresh(&mut state).await
+    }
+
+    async fn refresh(&self, state: &mut State) -> Result<Secret> {
+        let AuthSource::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+        } = &self.source
+        else {
+            anyhow::bail!("a static access token cannot be refreshed");
+        };
+        let obtained = Instant::now();
+        let reply = self
+            .fetch(state, token_url, client_id, client_secret)
+            .await
+            .with_context(|| format!("failed to get an access token from {token_url}"))?;
+        let token = Secret::new(reply.access_token);
+        self.observe(&token);
+        let lifetime = reply
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_LIFETIME);
+        tracing::debug!(lifetime_s = lifetime.as_secs(), "obtained an access token");
+        state.cached = Some(CachedToken {
+            token: token.clone(),
+            obtained,
+            lifetime,
+        });
+        Ok(token)
+    }
+
+    /// One grant, retried on transient failures within the retry budget.
+    async fn fetch(
+        &self,
+        state: &mut State,
+        token_url: &str,
+        client_id: &str,
+        client_secret: &Secret,
+    ) -> Result<TokenResponse> {
+        let mut backoff = Backoff::new(self.retry);
+        loop {
+            let err = match self.grant(state, token_url, client_id, client_secret).await {
+                Ok(reply) => return Ok(reply),
+                Err(err) => err,
+            };
+            if !retry::is_transient(&err) {
+                return Err(err);
+            }
+            let retry_after = err
+                .chain()
+                .find_map(|c| c.downcast_ref::<ApiError>())
+                .and_then(|api| api.retry_after);
+            let Some(delay) = backoff.next_delay(retry_after) else {
+                return Err(err.context(format!(
+                    "giving up after {} attempts in {:.1?}",
+                    backoff.attempts(),
+                    backoff.elapsed()
+                )));
+            };
+            tracing::debug!(
+                url = %token_url,
+                attempt = backoff.attempts(),
+                delay_ms = delay.as_millis() as u64,
+                error = %format!("{err:#}"),
+                "retrying the token request"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Tries the remembered style, or form first and then Basic.
+    async fn grant(
+        &self,
+        state: &mut State,
+        token_url: &str,
+        client_id: &str,
+        client_secret: &Secret,
+    ) -> Result<TokenResponse> {
+        let first = state.style.unwrap_or(ClientAuthStyle::Form);
+        let rejection = match self
+            .post(first, token_url, client_id, client_secret)
+            .await?
+        {
+            Grant::Token(reply) => {
+                state.style = Some(first);
+                return Ok(reply);
+            }
+            Grant::Rejected { status, detail } => (status, detail),
+        };
+        if state.style.is_none() && first == ClientAuthStyle::Form {
+            tracing::debug!("token endpoint rejected form client auth, trying HTTP Basic");
+            let basic = ClientAuthStyle::Basic;
+            if let Grant::Token(reply) = self
+                .post(basic, token_url, client_id, client_secret)
+                .await?
+            {
+                state.style = Some(basic);
+                return Ok(reply);
+            }
+        }
+        Err(AuthError::ClientRejected {
+            token_url: token_url.to_owned(),
+            status: rejection.0,
+            detail: rejection.1,
+        }
+        .into())
+    }
+
+    async fn post(
+        &self,
+        style: ClientAuthStyle,
+        token_url: &str,
+        client_id: &str,
+        client_secret: &Secret,
+    ) -> Result<Grant> {
+        let request = self
+            .http
+            .post(token_url)
+            .timeout(self.timeout)
+            .header(reqwest::header::ACCEPT, "application/json");
+        let request = match style {
+            ClientAuthStyle::Form => request.form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", client_secret.expose()),
+            ]),
+            ClientAuthStyle::Basic => request
+                .basic_auth(client_id, Some(client_secret.expose()))
+                .form(&[("grant_type", "client_credentials")]),
+        };
+        let shown_url = super::url_without_query(token_url);
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e.without_url()))
+            .with_context(|| format!("POST {shown_url}: request failed"))?;
+        let status = response.status().as_u16();
+        let retry_after = super::retry_after_header(response.headers());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| anyhow::Error::new(e.without_url()))
+            .with_context(|| format!("POST {shown_url}: reading the reply failed"))?;
+        if (200..300).contains(&status) {
+            let reply: TokenResponse = serde_json::from_slice(&body).with_context(|| {
+                format!("POST {shown_url}: the reply is not an OAuth2 token response")
+            })?;
+            anyhow::ensure!(
+                !reply.access_token.is_empty(),
+                "POST {shown_url}: the reply has no access_token"
+            );
+            return Ok(Grant::Token(reply));
+        }
+        let parsed: Option<TokenErrorBody> = serde_json::from_slice(&body).ok();
+        if matches!(status, 400 | 401) {
+            let detail = match parsed {
+                Some(e) if !e.error.is_empty() => match e.error_description {
+                    Some(d) if !d.is_empty() => format!("{}: {d}", e.error),
+                    _ => e.error,
+                },
+                _ => super::short_text(&body),
+            };
+            return Ok(Grant::Rejected { status, detail });
+        }
+        let message = match parsed {
+            Some(e) if !e.error.is_empty() => e.error,
+            _ => super::short_text(&body),
+        };
+        Err(ApiError {
+            status,
+            method: "POST".into(),
+            path: shown_url,
+            message,
+            error_type: None,
+            retry_after,
+        }
+        .into())
+    }
+}
+
+enum Grant {
+    Token(TokenResponse),
+    Rejected { status: u16, detail: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_is_a_minute_for_five_minute_tokens() {
+        assert_eq!(
+            refresh_margin(Duration::from_secs(300)),
+            Duration::from_secs(60)
+        );
+        // 20 % once that is more than a minute.
+        assert_eq!(
+            refresh_margin(Duration::from_secs(3600)),
+            Duration::from_secs(720)
+        );
+        // Short tokens are still used for half their life.
+        assert_eq!(
+            refresh_margin(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn cached_token_goes_stale_at_the_margin() {
+        let fresh = CachedToken {
+            token: Secret::new("t"),
+            obtained: Instant::now(),
+            lifetime: Duration::from_secs(300),
+        };
+        assert!(fresh.is_fresh());
+        let old = CachedToken {
+            token: Secret::new("t"),
+            obtained: Instant::now() - Duration::from_secs(241),
+            lifetime: Duration::from_secs(300),
+        };
+        assert!(!old.is_fresh());
+    }
+}

@@ -1,0 +1,308 @@
+//! What counts as a transient failure, and how long to wait before trying
+//! again. One function ([`is_transient`]) walks an error chain and decides;
+//! one small type ([`Backoff`]) keeps the attempt count and the time budget.
+//!
+//! Hand-rolled rather than `backon`: `backon`'s jitter is additive (not full
+//! jitter), its total-delay bound counts only the sleeps (not the time spent
+//! waiting on requests that then time out), and a `Retry-After` set through
+//! its `adjust` hook bypasses that bound. The whole policy fits in a page here.
+
+use std::io;
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::Rng;
+
+use super::ApiError;
+
+/// How hard to retry: capped exponential backoff with full jitter, bounded in
+/// count and in total time, so an outage longer than the budget still ends
+/// the run with an error instead of hanging it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Upper bound of the first delay (the delay is uniform in `0..=bound`).
+    pub base_delay: Duration,
+    /// The bound stops doubling here.
+    pub max_delay: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Time from the first attempt after which no retry starts.
+    pub budget: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Survives a server gone for ~20 s (the expected sum of the first eight
+    /// delays is ~35 s) and a 30 % rate of 5xx for minutes (eleven failures in
+    /// a row happen with probability 0.3^11 ≈ 2e-6), and still gives up
+    /// within three minutes.
+    fn default() -> Self {
+        Self {
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+            max_retries: 12,
+            budget: Duration::from_secs(180),
+        }
+    }
+}
+
+/// HTTP statuses worth a retry; everything else is the server's verdict.
+pub fn is_transient_status(status: u16) -> bool {
+    matches!(
+        status,
+        // FirecREST: the remote command hit its 5 s timeout; also a proxy's request timeout.
+        408
+        // FirecREST: the SSH connection to the cluster failed.
+        | 424
+        // A gateway rate limit; it says when to come back (Retry-After).
+        | 429
+        // FirecREST answers 500 for anything unexpected, including a failing
+        // sacct/squeue; field reports say these pass.
+        | 500
+        // Gateway/proxy could not reach FirecREST (restart, rolling update).
+        | 502
+        // FirecREST's health gate or an overloaded gateway.
+        | 503
+        // Gateway timed out waiting for FirecREST.
+        | 504
+    )
+}
+
+/// True when retrying the failed request may succeed: walks the whole chain.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if let Some(api) = cause.downcast_ref::<ApiError>() {
+            return is_transient_status(api.status);
+        }
+        if let Some(http) = cause.downcast_ref::<reqwest::Error>() {
+            return is_transient_reqwest(http);
+        }
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return is_transient_io(io.kind());
+        }
+        false
+    })
+}
+
+/// True when the request cannot have reached the server, so even a
+/// non-idempotent request (a job submit) may simply be sent again.
+pub fn is_unsent(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if let Some(api) = cause.downcast_ref::<ApiError>() {
+            // A gateway's rate limit and FirecREST's health gate reject the
+            // request before it reaches the scheduler.
+            return matches!(api.status, 429 | 503);
+        }
+        if let Some(http) = cause.downcast_ref::<reqwest::Error>() {
+            // No connection was made, so nothing was sent.
+            return http.is_connect();
+        }
+        false
+    })
+}
+
+fn is_transient_reqwest(err: &reqwest::Error) -> bool {
+    // The request or the reply took longer than the timeout: a slow or stuck
+    // server, or a lost packet.
+    err.is_timeout()
+        // The connection could not be made (refused while the server
+        // restarts, DNS hiccup, TLS handshake cut off).
+        || err.is_connect()
+        // The connection broke while sending or before the reply (reset by a
+        // proxy, closed idle keep-alive connection, HTTP/2 GOAWAY).
+        || err.is_request()
+        // The connection broke while reading the reply body.
+        || err.is_body()
+}
+
+fn is_transient_io(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        // The peer or a middlebox dropped the connection.
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+            // The server is restarting.
+            | io::ErrorKind::ConnectionRefused
+            // The network is slow or a packet was lost.
+            | io::ErrorKind::TimedOut
+            // The reply stopped short, e.g. a proxy closed mid-body.
+            | io::ErrorKind::UnexpectedEof
+            // A signal interrupted a system call; nothing went wrong remotely.
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// The server's `Retry-After` (seconds or an HTTP date), as a delay from now.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Attempt count and elapsed time of one retried operation.
+#[derive(Debug)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    retries: u32,
+    started: Instant,
+}
+
+impl Backoff {
+    /// Starts the clock; call before the first attempt.
+    pub fn new(policy: RetryPolicy) -> Self {
+        Self {
+            policy,
+            retries: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// The delay before the next attempt, or `None` when the count or the
+    /// time budget is used up. A server's `Retry-After` replaces the jittered
+    /// delay (it knows better), but not the budget.
+    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
+        if self.retries >= self.policy.max_retries {
+            return None;
+        }
+        let delay = match retry_after {
+            Some(delay) => delay,
+            None => {
+                let bound = self
+                    .policy
+                    .base_delay
+                    .saturating_mul(2u32.saturating_pow(self.retries.min(31)))
+                    .min(self.policy.max_delay);
+                rand::thread_rng().gen_range(Duration::ZERO..=bound)
+            }
+        };
+        if self.started.elapsed() + delay > self.policy.budget {
+            return None;
+        }
+        self.retries += 1;
+        Some(delay)
+    }
+
+    /// Attempts made so far, counting the first one (after `next_delay` said
+    /// yes, the attempt about to be made).
+    pub fn attempts(&self) -> u32 {
+        self.retries + 1
+    }
+
+    /// Time since the first attempt.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(status: u16) -> anyhow::Error {
+        ApiError {
+            status,
+            method: "GET".into(),
+            path: "/status/systems".into(),
+            message: "x".into(),
+            error_type: None,
+            retry_after: None,
+        }
+        .into()
+    }
+
+    #[test]
+    fn every_status_code_is_classified() {
+        let transient: Vec<u16> = (100..=599)
+            .filter(|&status| is_transient(&api_error(status)))
+            .collect();
+        assert_eq!(transient, vec![408, 424, 429, 500, 502, 503, 504]);
+        let unsent: Vec<u16> = (100..=599)
+            .filter(|&status| is_unsent(&api_error(status)))
+            .collect();
+        assert_eq!(unsent, vec![429, 503]);
+    }
+
+    #[test]
+    fn classifier_walks_the_context_chain() {
+        let err = api_error(502).context("failed to list jobs");
+        assert!(is_transient(&err));
+        let err = anyhow::Error::new(io::Error::from(io::ErrorKind::ConnectionReset))
+            .context("reading the reply");
+        assert!(is_transient(&err));
+        let err = anyhow::Error::new(io::Error::from(io::ErrorKind::PermissionDenied))
+            .context("reading the file");
+        assert!(!is_transient(&err));
+        assert!(!is_transient(&anyhow::anyhow!("plain failure")));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_transient_and_unsent() {
+        // Bind then drop a listener to get a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = reqwest::get(format!("http://127.0.0.1:{port}/"))
+            .await
+            .unwrap_err();
+        let err = anyhow::Error::new(err).context("GET /");
+        assert!(is_transient(&err));
+        assert!(is_unsent(&err));
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_dates() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        let later = SystemTime::now() + Duration::from_secs(30);
+        let parsed = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(parsed > Duration::from_secs(27) && parsed <= Duration::from_secs(30));
+        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn delays_stay_under_the_doubling_cap() {
+        let policy = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(400),
+            max_retries: 6,
+            budget: Duration::from_secs(3600),
+        };
+        let mut backoff = Backoff::new(policy);
+        let bounds = [100, 200, 400, 400, 400, 400];
+        for bound in bounds {
+            let delay = backoff.next_delay(None).unwrap();
+            assert!(
+                delay <= Duration::from_millis(bound),
+                "{delay:?} > {bound} ms"
+            );
+        }
+        assert_eq!(backoff.attempts(), 7);
+        assert_eq!(backoff.next_delay(None), None, "count bound");
+    }
+
+    #[test]
+    fn budget_bounds_the_total_time() {
+        let policy = RetryPolicy {
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            max_retries: 100,
+            budget: Duration::from_secs(5),
+        };
+        let mut backoff = Backoff::new(policy);
+        assert_eq!(
+            backoff.next_delay(Some(Duration::from_secs(2))),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(backoff.next_delay(Some(Duration::from_secs(6))), None);
+    }
+}
