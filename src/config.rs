@@ -548,6 +548,9 @@ pub struct Config {
     pub resources: Resources,
     /// `[A-Za-z0-9._-]{1,128}`; `fci-<identity slug>` unless given.
     pub job_name: String,
+    /// True when the job name was derived, not given: the run may then make
+    /// it unique per run (a lost submit reply is resolved by the name).
+    pub job_name_derived: bool,
     pub command: UserCommand,
     /// Absolute (canonical) path of an existing directory.
     pub workspace: PathBuf,
@@ -846,6 +849,7 @@ impl Config {
             backend: backend.unwrap_or(BackendKind::Firecrest),
             firecrest,
             resources,
+            job_name_derived: raw.job_name.is_none(),
             job_name,
             command: command.unwrap_or_else(|| UserCommand::Inline(String::new())),
             workspace,

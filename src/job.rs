@@ -229,6 +229,14 @@ impl<'a> Watcher<'a> {
                             announce(job, &state, &status);
                             shown = Some(key);
                         }
+                        if state == SlurmState::Pending
+                            && status.reason.as_deref() == Some("DependencyNeverSatisfied")
+                        {
+                            bail!(
+                                "job {job} waits for a transfer job that failed (DependencyNeverSatisfied): \
+                                 the workspace did not reach the cluster"
+                            );
+                        }
                         if state.is_final() {
                             self.drain().await?;
                             return Ok(WatchEnd::Finished(status));

@@ -32,8 +32,13 @@ const STOP_DRAIN_BUDGET: Duration = Duration::from_millis(1500);
 const STOP_CLEANUP_BUDGET: Duration = Duration::from_millis(1500);
 
 /// Runs the whole pipeline; returns the exit code the outcome table gives.
-pub async fn run(config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Result<i32> {
-    let run_name = format!("{}-{}", config.identity.slug, random_suffix());
+pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Result<i32> {
+    let suffix = random_suffix();
+    let run_name = format!("{}-{suffix}", config.identity.slug);
+    if config.job_name_derived {
+        // Unique per run, so a lost submit reply can be resolved by the name.
+        config.job_name = format!("{}-{suffix}", config.job_name);
+    }
     if config.dry_run {
         return dry_run(&config, &ci, &run_name).await;
     }

@@ -1,1 +1,553 @@
-//! (to be written)
+//! The FirecREST v2 backend: the pipeline's calls mapped onto the REST API,
+//! with the server's traps handled here (size limits of the synchronous
+//! calls, text replies with replaced bytes, 1-based `tail` offsets, the
+//! missing dependency field of the submit call).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{Mutex, OnceCell};
+
+use super::{Backend, JobId, JobSpec, JobStatus, OutputChunk, StagedWorkspace};
+use crate::config::{Credentials, FirecrestSettings, PollSettings};
+use crate::firecrest::models::JobDescription;
+use crate::firecrest::retry::RetryPolicy;
+use crate::firecrest::{ApiError, AuthSource, Client, ClientSettings, TokenObserver, UploadSource};
+use crate::transfer::{self, TailReading, UploadWay};
+
+/// The server's limit when `/status/systems` does not say (FirecREST's default).
+const DEFAULT_MAX_OPS_FILE_SIZE: u64 = 5 * 1024 * 1024;
+
+/// How long to wait for an S3 transfer job before giving up.
+const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// What `/status/systems` says about the system, read once.
+#[derive(Debug, Clone)]
+struct SystemFacts {
+    max_ops_file_size: u64,
+    default_work_dir: Option<String>,
+    s3: bool,
+}
+
+/// An S3 snapshot of an output file, for reading a backlog larger than a
+/// synchronous call may return.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    url: String,
+    size: u64,
+}
+
+/// Cluster access through a FirecREST v2 deployment.
+pub struct FirecrestBackend {
+    client: Client,
+    transfer_threshold: u64,
+    facts: OnceCell<SystemFacts>,
+    snapshots: Mutex<std::collections::HashMap<String, Snapshot>>,
+}
+
+impl FirecrestBackend {
+    /// A backend for the configured deployment; sends nothing yet.
+    pub fn new(
+        settings: &FirecrestSettings,
+        poll: &PollSettings,
+        transfer_threshold: u64,
+        token_observer: TokenObserver,
+    ) -> Result<Self> {
+        let auth = match &settings.credentials {
+            Credentials::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+            } => AuthSource::ClientCredentials {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: client_secret.clone(),
+            },
+            Credentials::AccessToken(token) => AuthSource::AccessToken(token.clone()),
+        };
+        let client = Client::new(ClientSettings {
+            base_url: settings.url.clone(),
+            system: settings.system.clone(),
+            auth,
+            request_timeout: poll.request_timeout,
+            retry: RetryPolicy::default(),
+        })?;
+        client.set_token_observer(token_observer);
+        Ok(Self::from_client(client, transfer_threshold))
+    }
+
+    /// A backend over an existing client (tests build their own).
+    pub fn from_client(client: Client, transfer_threshold: u64) -> Self {
+        Self {
+            client,
+            transfer_threshold,
+            facts: OnceCell::new(),
+            snapshots: Mutex::new(Default::default()),
+        }
+    }
+
+    async fn facts(&self) -> Result<&SystemFacts> {
+        self.facts
+            .get_or_try_init(|| async {
+                let systems = self.client.systems().await.context("failed to list the systems")?;
+                let wanted = self.client.system();
+                let Some(system) = systems.iter().find(|s| s.name.eq_ignore_ascii_case(wanted)) else {
+                    let known: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
+                    bail!(
+                        "FirecREST has no system {wanted:?} (FIRECREST_SYSTEM); it knows: {}",
+                        known.join(", ")
+                    );
+                };
+                let s3 = system
+                    .data_operation
+                    .as_ref()
+                    .and_then(|d| d.data_transfer.as_ref())
+                    .and_then(|t| t.service_type.as_deref())
+                    .is_some_and(|t| t.eq_ignore_ascii_case("s3"));
+                Ok(SystemFacts {
+                    max_ops_file_size: system.max_ops_file_size().unwrap_or(DEFAULT_MAX_OPS_FILE_SIZE),
+                    default_work_dir: system.default_work_dir().map(|fs| fs.path.clone()),
+                    s3,
+                })
+            })
+            .await
+    }
+
+    async fn upload_parts(&self, archive: &Path, dir: &str, size: u64, mut part_size: u64) -> Result<Vec<String>> {
+        loop {
+            let ranges = transfer::part_ranges(size, part_size);
+            let count = ranges.len();
+            tracing::info!(
+                "uploading {} in {count} parts of up to {}",
+                crate::run::human_bytes(size),
+                crate::run::human_bytes(part_size)
+            );
+            let names: Vec<String> = (0..count).map(|i| transfer::part_name("workspace.tar.gz", i)).collect();
+            let result: Result<()> = stream::iter(ranges.into_iter().enumerate())
+                .map(|(index, range)| {
+                    let name = names[index].clone();
+                    async move {
+                        let bytes = read_range(archive, range.start, range.end - range.start).await?;
+                        self.client
+                            .upload(dir, &name, &UploadSource::Bytes(bytes))
+                            .await
+                            .with_context(|| format!("failed to upload workspace part {}/{count} to {dir}", index + 1))
+                    }
+                })
+                .buffer_unordered(transfer::PARALLEL_UPLOADS)
+                .try_collect::<Vec<()>>()
+                .await
+                .map(|_| ());
+            match result {
+                Ok(()) => return Ok(names),
+                Err(err) if is_too_large(&err) && part_size / 2 >= transfer::MIN_PART_SIZE => {
+                    // The server's real limit is lower than it said: halve and start over.
+                    part_size /= 2;
+                    tracing::warn!(
+                        "the server refused a part as too large; retrying with parts of {}",
+                        crate::run::human_bytes(part_size)
+                    );
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn upload_staged(&self, archive: &Path, dir: &str, size: u64) -> Result<StagedWorkspace> {
+        let target = format!("{dir}/workspace.tar.gz");
+        let reply = self
+            .client
+            .transfer_upload(&target, size)
+            .await
+            .context("failed to start the S3-staged upload")?;
+        let directives = reply.transfer_directives;
+        let job = JobId(reply.transfer_job.job_id.clone());
+        let part_size = directives
+            .max_part_size
+            .filter(|&s| s > 0)
+            .context("the server's S3 upload directives have no maxPartSize")?;
+        let urls = directives.parts_upload_urls.clone();
+        let ranges = transfer::part_ranges(size, part_size);
+        if urls.len() != ranges.len() {
+            bail!(
+                "the server gave {} S3 part URLs for {} parts of {part_size} bytes",
+                urls.len(),
+                ranges.len()
+            );
+        }
+        tracing::info!("uploading {} through S3 in {} parts (transfer job {job})", crate::run::human_bytes(size), urls.len());
+        let count = urls.len();
+        let mut etags: Vec<(u32, String)> = stream::iter(urls.into_iter().zip(ranges).enumerate())
+            .map(|(index, (url, range))| async move {
+                let bytes = read_range(archive, range.start, range.end - range.start).await?;
+                let etag = self
+                    .client
+                    .s3_put_part(&url, bytes)
+                    .await
+                    .with_context(|| format!("failed to upload S3 part {}/{count}", index + 1))?;
+                anyhow::Ok((index as u32 + 1, etag))
+            })
+            .buffer_unordered(transfer::PARALLEL_UPLOADS)
+            .try_collect()
+            .await?;
+        etags.sort();
+        let complete = directives
+            .complete_upload_url
+            .as_deref()
+            .context("the server's S3 upload directives have no completeUploadUrl")?;
+        self.client
+            .s3_complete_upload(complete, &etags)
+            .await
+            .context("failed to complete the S3 upload")?;
+        Ok(StagedWorkspace {
+            parts: vec!["workspace.tar.gz".to_string()],
+            transfer_job: Some(job),
+        })
+    }
+
+    /// Waits for a transfer job; its error log explains a failure.
+    async fn wait_transfer(&self, job: &str, logs_error: &str) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut delay = std::time::Duration::from_secs(1);
+        loop {
+            if let Some(found) = self.client.job(job).await? {
+                let status = JobStatus::from(&found);
+                let state = crate::outcome::SlurmState::parse(&status.state);
+                if state.is_final() {
+                    if state == crate::outcome::SlurmState::Completed {
+                        return Ok(());
+                    }
+                    let log = self.client.tail(logs_error, 0).await.map(|t| t.content).unwrap_or_default();
+                    bail!("transfer job {job} ended {}: {}", status.state, log.trim());
+                }
+            }
+            if started.elapsed() > TRANSFER_WAIT {
+                bail!("transfer job {job} did not finish in {} minutes", TRANSFER_WAIT.as_secs() / 60);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(10));
+        }
+    }
+
+    /// Finds how many bytes an ambiguous reply stood for: the file size
+    /// before and after the read must agree.
+    async fn read_settled(&self, path: &str, offset: u64) -> Result<OutputChunk> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let before = self.client.stat(path).await?.size;
+            let text = self.client.tail(path, offset).await?.content;
+            let after = self.client.stat(path).await?.size;
+            if before == after {
+                if before <= offset {
+                    return Ok(OutputChunk::default());
+                }
+                return Ok(OutputChunk {
+                    data: text.into_bytes(),
+                    advance: before - offset,
+                });
+            }
+            last = text;
+        }
+        // Still growing: show what is certain now, the rest on a later read.
+        let prefix = transfer::exact_prefix(&last);
+        Ok(OutputChunk {
+            data: prefix.as_bytes().to_vec(),
+            advance: prefix.len() as u64,
+        })
+    }
+
+    /// More output piled up than a synchronous call may return: read it from
+    /// an S3 snapshot of the file when the server has S3, else skip to the
+    /// recent end and say so.
+    async fn read_backlog(&self, path: &str, offset: u64) -> Result<OutputChunk> {
+        let facts = self.facts().await?.clone();
+        let piece = transfer::direct_download_limit(facts.max_ops_file_size).max(64 * 1024);
+        let mut snapshots = self.snapshots.lock().await;
+        if let Some(snapshot) = snapshots.get(path).cloned() {
+            if offset < snapshot.size {
+                let len = piece.min(snapshot.size - offset);
+                let mut buffer = Vec::with_capacity(len as usize);
+                let mut limited = LimitedWriter { inner: &mut buffer, left: len };
+                let _ = self.client.s3_get_object(&snapshot.url, offset, &mut limited).await;
+                if buffer.is_empty() {
+                    bail!("could not read the output backlog of {path} from S3");
+                }
+                let advance = buffer.len() as u64;
+                return Ok(OutputChunk { data: buffer, advance });
+            }
+            snapshots.remove(path);
+        }
+        let size = self.client.stat(path).await?.size;
+        if facts.s3 {
+            tracing::info!(
+                "{} of output piled up: reading it through an S3 snapshot",
+                crate::run::human_bytes(size.saturating_sub(offset))
+            );
+            let reply = self.client.transfer_download(path).await?;
+            let url = reply
+                .transfer_directives
+                .download_url
+                .clone()
+                .context("the server's S3 download directives have no downloadUrl")?;
+            self.wait_transfer(&reply.transfer_job.job_id, &reply.transfer_job.logs.error_log)
+                .await?;
+            snapshots.insert(path.to_string(), Snapshot { url, size });
+            return Ok(OutputChunk::default());
+        }
+        // No S3: keep the last piece, say what was skipped.
+        let skip_to = size.saturating_sub(piece / 2);
+        let notice = format!(
+            "\nfirecrest-ci: {} of output skipped: more than the server returns at once piled up; \
+             the job's output file on the cluster has it all\n",
+            crate::run::human_bytes(skip_to.saturating_sub(offset))
+        );
+        tracing::warn!("{}", notice.trim());
+        Ok(OutputChunk {
+            data: notice.into_bytes(),
+            advance: skip_to.saturating_sub(offset),
+        })
+    }
+}
+
+/// Writes at most `left` bytes, then refuses, ending the transfer early.
+struct LimitedWriter<'a> {
+    inner: &'a mut Vec<u8>,
+    left: u64,
+}
+
+impl tokio::io::AsyncWrite for LimitedWriter<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("piece complete")));
+        }
+        let n = (buf.len() as u64).min(self.left) as usize;
+        self.inner.extend_from_slice(&buf[..n]);
+        self.left -= n as u64;
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+async fn read_range(path: &Path, start: u64, len: u64) -> Result<Vec<u8>> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .with_context(|| format!("failed to seek in {}", path.display()))?;
+    let mut buffer = Vec::with_capacity(len as usize);
+    file.take(len)
+        .read_to_end(&mut buffer)
+        .await
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    Ok(buffer)
+}
+
+fn api_error(err: &anyhow::Error) -> Option<&ApiError> {
+    ApiError::find(err)
+}
+
+fn is_not_found(err: &anyhow::Error) -> bool {
+    api_error(err).is_some_and(ApiError::is_not_found)
+}
+
+fn is_too_large(err: &anyhow::Error) -> bool {
+    api_error(err).is_some_and(ApiError::is_too_large)
+}
+
+/// FirecREST's submit call has no dependency field: it goes in the script.
+fn with_dependency(script: &str, dependency: Option<&JobId>) -> String {
+    let Some(job) = dependency else {
+        return script.to_string();
+    };
+    match script.split_once('\n') {
+        Some((shebang, rest)) => format!("{shebang}\n#SBATCH --dependency=afterok:{job}\n{rest}"),
+        None => format!("{script}\n#SBATCH --dependency=afterok:{job}\n"),
+    }
+}
+
+#[async_trait]
+impl Backend for FirecrestBackend {
+    fn describe(&self) -> String {
+        format!("FirecREST system {} at {}", self.client.system(), self.client.base_url())
+    }
+
+    async fn default_base_dir(&self) -> Result<String> {
+        let facts = self.facts().await?;
+        let root = facts.default_work_dir.clone().with_context(|| {
+            format!(
+                "system {} has no default work directory; set remote-dir (FIRECREST_REMOTE_DIR)",
+                self.client.system()
+            )
+        })?;
+        let user = self.client.userinfo().await.context("failed to read the user's name")?;
+        if user.user.name.is_empty() {
+            bail!("the server did not say the user's name; set remote-dir (FIRECREST_REMOTE_DIR)");
+        }
+        Ok(format!("{}/{}/firecrest-ci", root.trim_end_matches('/'), user.user.name))
+    }
+
+    async fn create_private_dir(&self, path: &str) -> Result<()> {
+        self.client.mkdir(path, true).await?;
+        self.client.chmod(path, "700").await
+    }
+
+    async fn put_file(&self, dir: &str, name: &str, contents: Vec<u8>) -> Result<()> {
+        self.client.upload(dir, name, &UploadSource::Bytes(contents)).await
+    }
+
+    async fn upload_workspace(&self, archive: &Path, dir: &str) -> Result<StagedWorkspace> {
+        let size = tokio::fs::metadata(archive)
+            .await
+            .with_context(|| format!("failed to read {}", archive.display()))?
+            .len();
+        let facts = self.facts().await?.clone();
+        match transfer::choose_upload(size, facts.max_ops_file_size, self.transfer_threshold, facts.s3) {
+            UploadWay::Direct => {
+                let source = UploadSource::File(archive.to_path_buf());
+                match self.client.upload(dir, "workspace.tar.gz", &source).await {
+                    Ok(()) => Ok(StagedWorkspace {
+                        parts: vec!["workspace.tar.gz".to_string()],
+                        transfer_job: None,
+                    }),
+                    Err(err) if is_too_large(&err) => {
+                        tracing::warn!("the server refused the archive as too large; uploading it in parts");
+                        let part_size = (size / 2).max(transfer::MIN_PART_SIZE);
+                        let parts = self.upload_parts(archive, dir, size, part_size).await?;
+                        Ok(StagedWorkspace { parts, transfer_job: None })
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            UploadWay::Parts { part_size, .. } => {
+                let parts = self.upload_parts(archive, dir, size, part_size).await?;
+                Ok(StagedWorkspace { parts, transfer_job: None })
+            }
+            UploadWay::Staged => self.upload_staged(archive, dir, size).await,
+        }
+    }
+
+    async fn submit(&self, job: &JobSpec) -> Result<JobId> {
+        let description = JobDescription {
+            name: job.name.clone(),
+            script: with_dependency(&job.script, job.dependency.as_ref()),
+            working_directory: job.working_dir.clone(),
+            account: job.account.clone(),
+            partition: job.partition.clone(),
+            reservation: job.reservation.clone(),
+            constraints: None,
+            standard_output: None,
+            standard_error: None,
+            env: Default::default(),
+        };
+        self.client.submit_job(&description).await.map(JobId)
+    }
+
+    async fn job_status(&self, id: &JobId) -> Result<Option<JobStatus>> {
+        Ok(self.client.job(&id.0).await?.as_ref().map(JobStatus::from))
+    }
+
+    async fn read_output(&self, path: &str, offset: u64) -> Result<OutputChunk> {
+        let reply = match self.client.tail(path, offset).await {
+            Ok(reply) => reply,
+            // Not there yet: the job has not started writing.
+            Err(err) if is_not_found(&err) => return Ok(OutputChunk::default()),
+            Err(err) if is_too_large(&err) => return self.read_backlog(path, offset).await,
+            Err(err) => return Err(err),
+        };
+        Ok(match transfer::read_tail(&reply.content) {
+            TailReading::Empty => OutputChunk::default(),
+            TailReading::Exact(text) | TailReading::Prefix(text) => OutputChunk {
+                advance: text.len() as u64,
+                data: text.into_bytes(),
+            },
+            TailReading::Ambiguous => self.read_settled(path, offset).await?,
+        })
+    }
+
+    async fn cancel(&self, id: &JobId) -> Result<()> {
+        self.client.cancel_job(&id.0).await
+    }
+
+    async fn download(&self, remote: &str, local: &Path) -> Result<bool> {
+        let size = match self.client.stat(remote).await {
+            Ok(stat) => stat.size,
+            Err(err) if is_not_found(&err) => return Ok(false),
+            Err(err) => return Err(err),
+        };
+        let facts = self.facts().await?.clone();
+        let mut file = tokio::fs::File::create(local)
+            .await
+            .with_context(|| format!("failed to create {}", local.display()))?;
+        if size <= transfer::direct_download_limit(facts.max_ops_file_size) {
+            self.client.download_to(remote, &mut file).await?;
+            return Ok(true);
+        }
+        if !facts.s3 {
+            bail!(
+                "{remote} is {} and the server has no S3 transfer for files over {}; \
+                 bring back fewer or smaller artifacts",
+                crate::run::human_bytes(size),
+                crate::run::human_bytes(transfer::direct_download_limit(facts.max_ops_file_size))
+            );
+        }
+        let reply = self.client.transfer_download(remote).await?;
+        let url = reply
+            .transfer_directives
+            .download_url
+            .clone()
+            .context("the server's S3 download directives have no downloadUrl")?;
+        self.wait_transfer(&reply.transfer_job.job_id, &reply.transfer_job.logs.error_log)
+            .await?;
+        self.client.s3_get_object(&url, 0, &mut file).await?;
+        Ok(true)
+    }
+
+    async fn remove_dir(&self, path: &str) -> Result<()> {
+        match self.client.rm(path).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) if api_error(&err).is_some_and(ApiError::is_timeout) => {
+                // A large tree outlasts the synchronous 5 s limit: a job removes it.
+                let job = self
+                    .client
+                    .transfer_rm(path)
+                    .await
+                    .context("failed to start a removal job after rm timed out")?;
+                tracing::info!("{path} is large: removal job {} started", job.job_id);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependency_goes_right_after_the_shebang() {
+        let script = "#!/bin/bash -l\n#SBATCH --time=10\necho hi\n";
+        assert_eq!(
+            with_dependency(script, Some(&JobId("34".into()))),
+            "#!/bin/bash -l\n#SBATCH --dependency=afterok:34\n#SBATCH --time=10\necho hi\n"
+        );
+        assert_eq!(with_dependency(script, None), script);
+    }
+}
