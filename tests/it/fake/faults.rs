@@ -192,7 +192,7 @@ impl Faults {
             if matches!(self.token_down, Some((TokenDown::Status503, w)) if w.contains(now)) {
                 return Some((gateway(503), "token-503".into()));
             }
-            return None;
+            return self.take_fail(route, Stage::Before);
         }
         if !route.is_firecrest() {
             return self.take_fail(route, Stage::Before);

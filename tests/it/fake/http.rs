@@ -226,6 +226,11 @@ fn serve_connection<H: Handler>(h: Arc<H>, port: PortKind, mut stream: TcpStream
             h.dropped(port, &method, &target);
             return;
         }
+        if hv("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+            && stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+        {
+            return;
+        }
         let chunked = hv("transfer-encoding")
             .map(|v| v.to_ascii_lowercase().contains("chunked"))
             .unwrap_or(false);

@@ -3,8 +3,10 @@
 //! Integration tests run the real `firecrest-ci` binary against it.
 //!
 //! What is real: the file system (a temp dir holding `scratch/` and `home/`),
-//! the jobs (each script runs with `bash` in its own process group, output
-//! appended to its `#SBATCH --output` file), tails, uploads, transfers.
+//! the jobs (each script runs as `bash <script>` — not a login shell — in its
+//! own process group, with a clean environment plus `SLURM_JOB_ID` & co. and
+//! the request's `env`, output appended to its `#SBATCH --output` file),
+//! tails, uploads, transfers.
 //! What is faked: Slurm's bookkeeping (states, times), S3 (in memory), the
 //! identity provider (opaque tokens `tok-<n>`).
 //!
