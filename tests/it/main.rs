@@ -1,0 +1,5 @@
+//! Integration tests: the real firecrest-ci code against a stateful FirecREST
+//! double (`fake`), which has self-tests of its own in `fake_selftest`.
+
+mod fake;
+mod fake_selftest;
