@@ -3,3 +3,5 @@
 
 mod fake;
 mod fake_selftest;
+mod harness;
+mod lifecycle;
