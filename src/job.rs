@@ -224,7 +224,7 @@ impl<'a> Watcher<'a> {
                                 warned_unknown = true;
                             }
                         }
-                        let key = (state.name().to_string(), status.reason.clone());
+                        let key = (format!("{state:?}"), status.reason.clone());
                         if shown.as_ref() != Some(&key) {
                             announce(job, &state, &status);
                             shown = Some(key);

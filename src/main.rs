@@ -156,7 +156,9 @@ async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
         Err(err) => {
             let code = outcome::exit_code_for_error(&err);
             tracing::error!("{err:#}");
-            ci.error("firecrest-ci failed", &format!("{err:#}"));
+            if ci.platform() == firecrest_ci::ci::Platform::GitHub {
+                ci.error("firecrest-ci failed", &format!("{err:#}"));
+            }
             code
         }
     }

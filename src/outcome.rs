@@ -346,6 +346,48 @@ fn signal_name(signal: i32) -> String {
     }
 }
 
+/// An error that already knows its exit code, for failures whose kind the
+/// error chain would not show (a system name the server does not know is a
+/// configuration problem, not an internal one).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CodedError {
+    pub code: i32,
+    pub message: String,
+}
+
+/// The exit code for a failure of the tool itself, read from the error
+/// chain: configuration 78, credentials and permissions 77, a server that
+/// stayed unavailable through the retries 69, anything else 70.
+pub fn exit_code_for_error(err: &anyhow::Error) -> i32 {
+    use crate::firecrest::{ApiError, AuthError};
+    for cause in err.chain() {
+        if let Some(coded) = cause.downcast_ref::<CodedError>() {
+            return coded.code;
+        }
+        if cause.downcast_ref::<crate::config::ConfigErrors>().is_some() {
+            return codes::CONFIG;
+        }
+        if cause.downcast_ref::<AuthError>().is_some() {
+            return codes::NOPERM;
+        }
+        if let Some(api) = cause.downcast_ref::<ApiError>() {
+            if api.is_auth() || api.status == 403 {
+                return codes::NOPERM;
+            }
+            if api.is_transient() || api.is_server_error() {
+                return codes::UNAVAILABLE;
+            }
+        }
+        if let Some(http) = cause.downcast_ref::<reqwest::Error>() {
+            if http.is_connect() || http.is_timeout() {
+                return codes::UNAVAILABLE;
+            }
+        }
+    }
+    codes::INTERNAL
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

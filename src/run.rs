@@ -526,8 +526,10 @@ async fn dry_run(config: &Config, ci: &Ci, run_name: &str) -> Result<i32> {
         .remote_dir
         .clone()
         .unwrap_or_else(|| match config.backend {
-            BackendKind::Firecrest => "<default work dir>/<user>/firecrest-ci".to_string(),
-            _ => "<base directory>".to_string(),
+            // Known only once connected: the system's default work
+            // directory and the user's name.
+            BackendKind::Firecrest => "/SCRATCH/USER/firecrest-ci".to_string(),
+            _ => "/TMP/firecrest-ci".to_string(),
         });
     let run_dir = format!("{}/{}", base.trim_end_matches('/'), run_name);
     let staged = StagedWorkspace {

@@ -4,7 +4,6 @@
 //! missing dependency field of the submit call).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
@@ -97,10 +96,14 @@ impl FirecrestBackend {
                 let wanted = self.client.system();
                 let Some(system) = systems.iter().find(|s| s.name.eq_ignore_ascii_case(wanted)) else {
                     let known: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
-                    bail!(
-                        "FirecREST has no system {wanted:?} (FIRECREST_SYSTEM); it knows: {}",
-                        known.join(", ")
-                    );
+                    return Err(crate::outcome::CodedError {
+                        code: crate::outcome::codes::CONFIG,
+                        message: format!(
+                            "FirecREST has no system {wanted:?} (FIRECREST_SYSTEM); it knows: {}",
+                            known.join(", ")
+                        ),
+                    }
+                    .into());
                 };
                 let s3 = system
                     .data_operation
