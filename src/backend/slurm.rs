@@ -312,8 +312,8 @@ fn parse_scontrol(stdout: &str, id: &str) -> Option<JobStatus> {
 fn parse_sacct(stdout: &str, id: &str) -> Option<JobStatus> {
     let line = stdout
         .lines()
-        .filter(|l| l.split('|').next() == Some(id))
-        .last()?;
+        .rev()
+        .find(|l| l.split('|').next() == Some(id))?;
     let cols: Vec<&str> = line.split('|').collect();
     let col = |i: usize| cols.get(i).copied().unwrap_or("");
     let state = present(col(1))?;
@@ -425,7 +425,7 @@ impl Backend for SlurmBackend {
 
     async fn cancel(&self, id: &JobId) -> Result<()> {
         let out = self
-            .run("scancel", &[id.0.clone()], None)
+            .run("scancel", std::slice::from_ref(&id.0), None)
             .await
             .with_context(|| format!("failed to cancel job {id}"))?;
         if out.success

@@ -1,0 +1,655 @@
+//! The `local` and `slurm` backends through the `Backend` trait, with small
+//! hand-written batch scripts: exit codes, signals, time limits,
+//! cancellation (and that no process or queued job is left), and output read
+//! by byte offsets.
+//!
+//! The Slurm tests need a running Slurm (`.ci/slurm-up` starts one); without
+//! it they print `SKIPPED: <reason>` to stderr and return.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use firecrest_ci::backend::local::LocalBackend;
+use firecrest_ci::backend::slurm::SlurmBackend;
+use firecrest_ci::backend::{Backend, JobId, JobSpec, JobStatus};
+
+/// Text with 2-, 3- and 4-byte characters, so chunk edges can split them.
+const MULTIBYTE: &str = "héllo wörld ✓ 日本語 🚀";
+
+fn spec(dir: &Path, name: &str, directives: &str, body: &str) -> JobSpec {
+    JobSpec {
+        name: name.to_string(),
+        script: format!("#!/bin/bash -l\n#SBATCH --output=out.log\n{directives}\nset -u\n{body}\n"),
+        working_dir: dir.to_str().unwrap().to_string(),
+        ..JobSpec::default()
+    }
+}
+
+fn is_final(state: &str) -> bool {
+    let base = state.split_whitespace().next().unwrap_or("");
+    !matches!(
+        base,
+        "" | "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED" | "REQUEUED"
+    )
+}
+
+/// Polls until the job reaches a final state.
+async fn wait_end(backend: &dyn Backend, id: &JobId, limit: Duration) -> JobStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = backend.job_status(id).await.unwrap() {
+            if is_final(&status.state) {
+                return status;
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "job {id} did not end within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Polls until `path` exists (the job got far enough).
+async fn wait_file(path: &Path, limit: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn output(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("out.log")).unwrap_or_default()
+}
+
+fn pids_in(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            !after_name.trim_start().starts_with('Z')
+        }
+        Err(_) => false,
+    }
+}
+
+async fn assert_gone(pids: &[i32]) {
+    let start = Instant::now();
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "processes still running: {:?}",
+            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads the whole output with `read_output` from `offset` on, until `done`
+/// says the writer finished and nothing new came; returns the chunks.
+async fn stream_until(
+    backend: &dyn Backend,
+    path: &str,
+    mut done: impl FnMut() -> bool,
+) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
+    let mut offset = 0u64;
+    let start = Instant::now();
+    loop {
+        let finished = done();
+        let chunk = backend.read_output(path, offset).await.unwrap();
+        assert_eq!(chunk.advance, chunk.data.len() as u64);
+        offset += chunk.advance;
+        let empty = chunk.data.is_empty();
+        if !empty {
+            chunks.push(chunk.data);
+        }
+        if finished && empty {
+            return chunks;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "output never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The script writes MULTIBYTE one byte at a time with pauses, so reads
+/// land inside characters; the bytes must reassemble exactly.
+const SLOW_WRITER: &str = r#"text='héllo wörld ✓ 日本語 🚀'
+LC_ALL=C
+for ((i = 0; i < ${#text}; i++)); do
+  printf '%s' "${text:i:1}"
+  sleep 0.02
+done
+printf '\n'
+echo "$text"
+"#;
+
+async fn check_streamed_output(backend: &dyn Backend, dir: &Path, id: &JobId) {
+    let path = dir.join("out.log");
+    let path_s = path.to_str().unwrap().to_string();
+    let status = std::sync::Arc::new(std::sync::Mutex::new(None::<JobStatus>));
+    let watcher = {
+        let status = status.clone();
+        let id = id.clone();
+        // Poll the state on the side; the read loop stops once it is final.
+        async move {
+            loop {
+                let s = backend.job_status(&id).await.unwrap();
+                if let Some(s) = s.filter(|s| is_final(&s.state)) {
+                    *status.lock().unwrap() = Some(s);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let reader = stream_until(backend, &path_s, || status.lock().unwrap().is_some());
+    let ((), chunks) = tokio::join!(watcher, reader);
+    let final_status = status.lock().unwrap().clone().unwrap();
+    assert_eq!(final_status.state, "COMPLETED");
+
+    let joined: Vec<u8> = chunks.concat();
+    let expected = format!("{MULTIBYTE}\n{MULTIBYTE}\n");
+    assert_eq!(String::from_utf8(joined).unwrap(), expected);
+    assert!(
+        chunks.iter().any(|c| std::str::from_utf8(c).is_err()),
+        "no read split a character ({} chunks); the test did not test splitting",
+        chunks.len()
+    );
+
+    // Every offset, including those inside a character, reads the exact tail.
+    let bytes = std::fs::read(&path).unwrap();
+    for offset in 0..=bytes.len() {
+        let chunk = backend.read_output(&path_s, offset as u64).await.unwrap();
+        assert_eq!(chunk.data, &bytes[offset..], "offset {offset}");
+        assert_eq!(chunk.advance, (bytes.len() - offset) as u64);
+    }
+}
+
+// ---------------------------------------------------------------- local ---
+
+#[tokio::test]
+async fn local_exit_zero_completes_without_the_callers_environment() {
+    assert!(
+        std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
+        "cargo sets CARGO_MANIFEST_DIR for tests"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new();
+    let job = spec(
+        dir.path(),
+        "ok",
+        "#SBATCH --time=2",
+        "echo \"id=$SLURM_JOB_ID pwd=$PWD\"\necho \"leak=${CARGO_MANIFEST_DIR-unset}\"\necho to-stderr >&2\necho artifact > result.txt",
+    );
+    let id = backend.submit(&job).await.unwrap();
+    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    assert_eq!(status.state, "COMPLETED");
+    assert_eq!((status.exit_code, status.signal), (Some(0), Some(0)));
+    assert!(status.end_time.unwrap() >= status.start_time.unwrap());
+    let out = output(dir.path());
+    let real_dir = dir.path().canonicalize().unwrap();
+    assert!(
+        out.contains(&format!("id={id} pwd={}", real_dir.display())),
+        "{out}"
+    );
+    assert!(out.contains("leak=unset"), "{out}");
+    assert!(out.contains("to-stderr"), "{out}");
+    let copy = dir.path().join("copy/result.txt");
+    let remote = dir.path().join("result.txt");
+    assert!(backend
+        .download(remote.to_str().unwrap(), &copy)
+        .await
+        .unwrap());
+    assert_eq!(std::fs::read_to_string(copy).unwrap(), "artifact\n");
+}
+
+#[tokio::test]
+async fn local_exit_three_fails_with_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new();
+    let id = backend
+        .submit(&spec(
+            dir.path(),
+            "rc3",
+            "",
+            "echo before\nexit 3\necho after",
+        ))
+        .await
+        .unwrap();
+    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    assert_eq!(status.state, "FAILED");
+    assert_eq!((status.exit_code, status.signal), (Some(3), Some(0)));
+    assert_eq!(output(dir.path()), "before\n");
+}
+
+#[tokio::test]
+async fn local_job_killed_by_a_signal_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new();
+    let id = backend
+        .submit(&spec(dir.path(), "sig", "", "echo dying\nkill -9 $$"))
+        .await
+        .unwrap();
+    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    assert_eq!(status.state, "FAILED");
+    assert_eq!((status.exit_code, status.signal), (Some(0), Some(9)));
+}
+
+#[tokio::test]
+async fn local_time_limit_times_out_and_kills_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new();
+    let started = Instant::now();
+    let id = backend
+        .submit(&spec(
+            dir.path(),
+            "slow",
+            "#SBATCH --time=0:02",
+            "sleep 300 &\necho $! > pids\necho start\nwait\necho never",
+        ))
+        .await
+        .unwrap();
+    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    assert_eq!(status.state, "TIMEOUT");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(output(dir.path()), "start\n");
+    assert_gone(&pids_in(&dir.path().join("pids"))).await;
+}
+
+#[tokio::test]
+async fn local_cancel_stops_the_whole_tree_even_what_ignores_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new();
+    let body = "sleep 300 &\necho $! >> pids.tmp\n\
+        bash -c \"trap '' TERM; sleep 300 & echo \\$! >> pids.tmp; wait\" &\necho $! >> pids.tmp\n\
+        sleep 0.5\necho $$ >> pids.tmp\nmv pids.tmp pids\nwait";
+    let id = backend
+        .submit(&spec(dir.path(), "cancel", "", body))
+        .await
+        .unwrap();
+    let pids_file = dir.path().join("pids");
+    wait_file(&pids_file, Duration::from_secs(30)).await;
+    let pids = pids_in(&pids_file);
+    assert_eq!(pids.len(), 4, "{pids:?}");
+    assert!(pids.iter().all(|p| alive(*p)));
+    let running = backend.job_status(&id).await.unwrap().unwrap();
+    assert_eq!(running.state, "RUNNING");
+    assert_eq!(running.exit_code, None);
+
+    backend.cancel(&id).await.unwrap();
+    let status = backend.job_status(&id).await.unwrap().unwrap();
+    assert_eq!(status.state, "CANCELLED");
+    assert_gone(&pids).await;
+    // A second cancel of an ended job is fine, and so is an unknown job.
+    backend.cancel(&id).await.unwrap();
+    backend.cancel(&JobId("999999999".into())).await.unwrap();
+    assert_eq!(
+        backend
+            .job_status(&JobId("999999999".into()))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn local_leftover_background_processes_end_with_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new();
+    let id = backend
+        .submit(&spec(
+            dir.path(),
+            "bg",
+            "",
+            "sleep 300 &\necho $! > pids\nexit 0",
+        ))
+        .await
+        .unwrap();
+    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    assert_eq!(status.state, "COMPLETED");
+    assert_gone(&pids_in(&dir.path().join("pids"))).await;
+}
+
+#[tokio::test]
+async fn local_output_streams_exactly_by_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new();
+    let id = backend
+        .submit(&spec(dir.path(), "utf8", "", SLOW_WRITER))
+        .await
+        .unwrap();
+    check_streamed_output(&backend, dir.path(), &id).await;
+}
+
+#[tokio::test]
+async fn local_runs_the_shipped_example() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new();
+    let body = format!(
+        "cp -r {}/. .\nGREETING=hi bash job.sh",
+        shlex::try_quote(example.to_str().unwrap()).unwrap()
+    );
+    let id = backend
+        .submit(&spec(dir.path(), "hello", "#SBATCH --time=1", &body))
+        .await
+        .unwrap();
+    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    let out = output(dir.path());
+    assert_eq!(status.state, "COMPLETED", "{out}");
+    assert!(out.contains("Grüße, こんにちは, 👋"), "{out}");
+    assert!(out.contains("a line on stderr"), "{out}");
+    let artifact = std::fs::read_to_string(dir.path().join("out/greeting.txt")).unwrap();
+    assert!(artifact.starts_with("greeting: hi\n"), "{artifact}");
+}
+
+/// Runs only when `local_job_dies_with_the_tool` starts this test binary
+/// again: submits a long job, prints its pid file path, and waits to be killed.
+#[tokio::test]
+#[ignore = "helper process for local_job_dies_with_the_tool"]
+async fn helper_submit_and_wait_to_be_killed() {
+    let Some(dir) = std::env::var_os("FIRECREST_TEST_HELPER_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let backend = LocalBackend::new();
+    backend
+        .submit(&spec(
+            &dir,
+            "orphan",
+            "",
+            "sleep 300 &\necho $! >> pids.tmp\necho $$ >> pids.tmp\nmv pids.tmp pids\nwait",
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+#[tokio::test]
+async fn local_job_dies_with_the_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_submit_and_wait_to_be_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("FIRECREST_TEST_HELPER_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pids_file = dir.path().join("pids");
+    wait_file(&pids_file, Duration::from_secs(30)).await;
+    let pids = pids_in(&pids_file);
+    assert!(pids.iter().all(|p| alive(*p)));
+    helper.kill().unwrap(); // SIGKILL: no cleanup code runs in the helper
+    helper.wait().unwrap();
+    assert_gone(&pids).await;
+}
+
+// ---------------------------------------------------------------- slurm ---
+
+/// Why Slurm cannot be used here, or `None` when `sinfo` answers with a
+/// usable node. Asked once per test binary: a dead slurmctld makes `sinfo`
+/// wait for its timeout.
+fn slurm_unavailable() -> Option<String> {
+    static ANSWER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ANSWER.get_or_init(ask_sinfo).clone()
+}
+
+fn ask_sinfo() -> Option<String> {
+    let out = std::process::Command::new("timeout")
+        .args(["10", "sinfo", "-h", "-o", "%T"])
+        .output();
+    match out {
+        Err(err) => Some(format!("cannot run sinfo: {err}")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "sinfo failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(out) => {
+            let states = String::from_utf8_lossy(&out.stdout).to_string();
+            let usable = states
+                .lines()
+                .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated"));
+            (!usable).then(|| format!("no usable Slurm node (sinfo: {:?})", states.trim()))
+        }
+    }
+}
+
+/// The backend, or `None` after printing why the test is skipped.
+fn slurm(test: &str) -> Option<SlurmBackend> {
+    match slurm_unavailable() {
+        Some(reason) => {
+            // Straight to stderr: libtest captures eprintln! of passing tests.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {test}: {reason} (start Slurm with .ci/slurm-up)"
+            );
+            None
+        }
+        None => Some(SlurmBackend::new()),
+    }
+}
+
+/// Slurm jobs run as root's login shell here; a world-readable directory
+/// keeps the test independent of who slurmd runs the job as.
+fn slurm_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("firecrest-ci-slurm-test-")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Waits until `squeue` no longer lists the job (COMPLETING ends too).
+async fn assert_not_queued(id: &JobId) {
+    let start = Instant::now();
+    loop {
+        let out = std::process::Command::new("squeue")
+            .args(["-h", "-o", "%i"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let listed = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == id.0);
+        if !listed {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "job {id} is still in squeue"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+const SLURM_LIMIT: Duration = Duration::from_secs(120);
+
+#[tokio::test]
+async fn slurm_exit_zero_completes_without_the_callers_environment() {
+    let Some(backend) = slurm("slurm_exit_zero") else {
+        return;
+    };
+    let dir = slurm_dir();
+    let mut job = spec(
+        dir.path(),
+        "firecrest-ci-test-ok",
+        "",
+        "echo \"id=$SLURM_JOB_ID pwd=$PWD\"\necho \"leak=${CARGO_MANIFEST_DIR-unset}\"\necho to-stderr >&2",
+    );
+    job.partition = Some("debug".into());
+    let id = backend.submit(&job).await.unwrap();
+    let status = wait_end(&backend, &id, SLURM_LIMIT).await;
+    assert_eq!(status.state, "COMPLETED");
+    assert_eq!((status.exit_code, status.signal), (Some(0), Some(0)));
+    assert!(status.nodes.is_some());
+    assert!(status.end_time.unwrap() >= status.start_time.unwrap());
+    let out = output(dir.path());
+    assert!(
+        out.contains(&format!("id={id} pwd={}", dir.path().display())),
+        "{out}"
+    );
+    assert!(out.contains("leak=unset"), "{out}");
+    assert!(out.contains("to-stderr"), "{out}");
+    assert_not_queued(&id).await;
+}
+
+#[tokio::test]
+async fn slurm_exit_three_fails_with_its_code() {
+    let Some(backend) = slurm("slurm_exit_three") else {
+        return;
+    };
+    let dir = slurm_dir();
+    let id = backend
+        .submit(&spec(dir.path(), "firecrest-ci-test-rc3", "", "exit 3"))
+        .await
+        .unwrap();
+    let status = wait_end(&backend, &id, SLURM_LIMIT).await;
+    assert_eq!(status.state, "FAILED");
+    assert_eq!((status.exit_code, status.signal), (Some(3), Some(0)));
+    assert_not_queued(&id).await;
+}
+
+#[tokio::test]
+async fn slurm_job_killed_by_a_signal_reports_it() {
+    let Some(backend) = slurm("slurm_killed_by_signal") else {
+        return;
+    };
+    let dir = slurm_dir();
+    let id = backend
+        .submit(&spec(dir.path(), "firecrest-ci-test-sig", "", "kill -9 $$"))
+        .await
+        .unwrap();
+    let status = wait_end(&backend, &id, SLURM_LIMIT).await;
+    assert_eq!(status.state, "FAILED");
+    assert_eq!(status.signal, Some(9));
+    assert_not_queued(&id).await;
+}
+
+#[tokio::test]
+async fn slurm_time_limit_times_out() {
+    let Some(backend) = slurm("slurm_time_limit") else {
+        return;
+    };
+    let dir = slurm_dir();
+    let started = Instant::now();
+    let id = backend
+        .submit(&spec(
+            dir.path(),
+            "firecrest-ci-test-timeout",
+            "#SBATCH --time=1",
+            "echo start\nsleep 600\necho never",
+        ))
+        .await
+        .unwrap();
+    let status = wait_end(&backend, &id, Duration::from_secs(240)).await;
+    assert_eq!(status.state, "TIMEOUT");
+    assert!(started.elapsed() >= Duration::from_secs(55));
+    assert!(output(dir.path()).starts_with("start\n"));
+    assert!(!output(dir.path()).contains("never"));
+    assert_not_queued(&id).await;
+}
+
+#[tokio::test]
+async fn slurm_cancel_ends_the_job() {
+    let Some(backend) = slurm("slurm_cancel") else {
+        return;
+    };
+    let dir = slurm_dir();
+    let id = backend
+        .submit(&spec(
+            dir.path(),
+            "firecrest-ci-test-cancel",
+            "",
+            "sleep 300 &\necho $! > pids.tmp\nmv pids.tmp pids\nwait",
+        ))
+        .await
+        .unwrap();
+    let pids_file = dir.path().join("pids");
+    wait_file(&pids_file, SLURM_LIMIT).await;
+    let running = backend.job_status(&id).await.unwrap().unwrap();
+    assert_eq!(running.state, "RUNNING");
+    assert_eq!(running.exit_code, None);
+    backend.cancel(&id).await.unwrap();
+    let status = wait_end(&backend, &id, SLURM_LIMIT).await;
+    assert!(status.state.starts_with("CANCELLED"), "{status:?}");
+    assert_not_queued(&id).await;
+    assert_gone(&pids_in(&pids_file)).await;
+    // Cancelling an ended job is fine.
+    backend.cancel(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn slurm_output_streams_exactly_by_offsets() {
+    let Some(backend) = slurm("slurm_output_offsets") else {
+        return;
+    };
+    let dir = slurm_dir();
+    let id = backend
+        .submit(&spec(dir.path(), "firecrest-ci-test-utf8", "", SLOW_WRITER))
+        .await
+        .unwrap();
+    check_streamed_output(&backend, dir.path(), &id).await;
+    assert_not_queued(&id).await;
+}
+
+#[tokio::test]
+async fn slurm_dependency_waits_for_the_first_job() {
+    let Some(backend) = slurm("slurm_dependency") else {
+        return;
+    };
+    let dir = slurm_dir();
+    let first = backend
+        .submit(&spec(dir.path(), "firecrest-ci-test-dep1", "", "sleep 3"))
+        .await
+        .unwrap();
+    let mut second = spec(dir.path(), "firecrest-ci-test-dep2", "", "echo second");
+    second.dependency = Some(first.clone());
+    let second = backend.submit(&second).await.unwrap();
+    let waiting = backend.job_status(&second).await.unwrap().unwrap();
+    assert_eq!(waiting.state, "PENDING");
+    assert_eq!(waiting.reason.as_deref(), Some("Dependency"));
+    let a = wait_end(&backend, &first, SLURM_LIMIT).await;
+    let b = wait_end(&backend, &second, SLURM_LIMIT).await;
+    assert_eq!(
+        (a.state.as_str(), b.state.as_str()),
+        ("COMPLETED", "COMPLETED")
+    );
+    assert!(b.start_time.unwrap() >= a.end_time.unwrap());
+    assert_not_queued(&first).await;
+    assert_not_queued(&second).await;
+}
+
+#[tokio::test]
+async fn slurm_unknown_job_has_no_status() {
+    let Some(backend) = slurm("slurm_unknown_job") else {
+        return;
+    };
+    let id = JobId("987654321".into());
+    assert_eq!(backend.job_status(&id).await.unwrap(), None);
+    backend.cancel(&id).await.unwrap();
+}
