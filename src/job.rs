@@ -185,7 +185,7 @@ impl<'a> Watcher<'a> {
             }
 
             if now >= next_log {
-                let got = self.read_all_once().await?;
+                let got = self.read_all_once(false).await?;
                 log_interval = if got > 0 {
                     self.settings.log_interval
                 } else {
@@ -257,7 +257,8 @@ impl<'a> Watcher<'a> {
                 }
                 let interval = if !seen {
                     // 1, 2, 4, ... seconds while the scheduler may not know it yet.
-                    Duration::from_secs(1u64 << state_checks.min(4)).min(self.settings.state_interval)
+                    Duration::from_secs(1u64 << state_checks.min(4))
+                        .min(self.settings.state_interval)
                 } else if self.end_hint {
                     Duration::from_secs(1)
                 } else {
@@ -269,21 +270,22 @@ impl<'a> Watcher<'a> {
     }
 
     /// Reads every output file once; returns the number of bytes shown.
-    pub async fn read_all_once(&mut self) -> Result<u64> {
+    /// `last`: the job ended and its files stopped growing.
+    pub async fn read_all_once(&mut self, last: bool) -> Result<u64> {
         let mut total = 0;
         for index in 0..self.files.len() {
-            total += self.read_file(index).await?;
+            total += self.read_file(index, last).await?;
         }
         Ok(total)
     }
 
-    async fn read_file(&mut self, index: usize) -> Result<u64> {
+    async fn read_file(&mut self, index: usize, last: bool) -> Result<u64> {
         let (path, offset) = {
             let file = &self.files[index];
             (file.path.clone(), file.offset)
         };
         self.stats.output_reads += 1;
-        let chunk = match self.backend.read_output(&path, offset).await {
+        let chunk = match self.backend.read_output(&path, offset, last).await {
             Ok(chunk) => chunk,
             Err(err) => {
                 // A missed read only delays output: the next read starts at
@@ -335,7 +337,7 @@ impl<'a> Watcher<'a> {
         let started = Instant::now();
         let mut quiet_since = Instant::now();
         loop {
-            let got = self.read_all_once().await?;
+            let got = self.read_all_once(false).await?;
             if got > 0 {
                 quiet_since = Instant::now();
             }
@@ -346,12 +348,18 @@ impl<'a> Watcher<'a> {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // Anything held back as a possible partial character is final now.
+        for _ in 0..8 {
+            if self.read_all_once(true).await? == 0 {
+                break;
+            }
+        }
         self.flush_partial()
     }
 
     /// A best-effort drain bounded by `limit`, for a run that is being stopped.
     pub async fn drain_within(&mut self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.read_all_once()).await;
+        let _ = tokio::time::timeout(limit, self.read_all_once(true)).await;
         let _ = self.flush_partial();
     }
 
@@ -413,7 +421,9 @@ impl Utf8Stream {
                     out.extend_from_slice(valid);
                     match err.error_len() {
                         Some(bad) => {
-                            out.extend_from_slice(char::REPLACEMENT_CHARACTER.to_string().as_bytes());
+                            out.extend_from_slice(
+                                char::REPLACEMENT_CHARACTER.to_string().as_bytes(),
+                            );
                             rest = &after[bad..];
                         }
                         None => {

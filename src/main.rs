@@ -133,7 +133,9 @@ async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
         }
     };
     let flags = match &command {
-        Command::Run(flags) => CliFlags { dry_run: flags.dry_run },
+        Command::Run(flags) => CliFlags {
+            dry_run: flags.dry_run,
+        },
         Command::Cancel(_) => CliFlags { dry_run: false },
     };
     let config = match Config::from_env(&env, &cwd, &flags) {

@@ -365,7 +365,10 @@ pub fn exit_code_for_error(err: &anyhow::Error) -> i32 {
         if let Some(coded) = cause.downcast_ref::<CodedError>() {
             return coded.code;
         }
-        if cause.downcast_ref::<crate::config::ConfigErrors>().is_some() {
+        if cause
+            .downcast_ref::<crate::config::ConfigErrors>()
+            .is_some()
+        {
             return codes::CONFIG;
         }
         if cause.downcast_ref::<AuthError>().is_some() {

@@ -48,7 +48,11 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         ci.mask(client_secret.expose());
     }
     let backend = connect(&config, &ci)?;
-    tracing::info!("firecrest-ci {}: {}", env!("CARGO_PKG_VERSION"), backend.describe());
+    tracing::info!(
+        "firecrest-ci {}: {}",
+        env!("CARGO_PKG_VERSION"),
+        backend.describe()
+    );
 
     let scratch = tempfile::Builder::new()
         .prefix("firecrest-ci-")
@@ -62,10 +66,9 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
 
     let base = match &config.remote_dir {
         Some(dir) => dir.clone(),
-        None => backend
-            .default_base_dir()
-            .await
-            .context("failed to find a base directory on the cluster; set remote-dir (FIRECREST_REMOTE_DIR)")?,
+        None => backend.default_base_dir().await.context(
+            "failed to find a base directory on the cluster; set remote-dir (FIRECREST_REMOTE_DIR)",
+        )?,
     };
     let run_dir = format!("{}/{}", base.trim_end_matches('/'), run_name);
     let remote = Remote {
@@ -160,7 +163,12 @@ async fn pack_workspace(config: &Config, ci: &Ci, archive: &Path) -> Result<Pack
         .await
         .context("the packing task failed")?;
     ci.group_end("pack");
-    let report = report.with_context(|| format!("failed to pack the workspace {}", config.workspace.display()))?;
+    let report = report.with_context(|| {
+        format!(
+            "failed to pack the workspace {}",
+            config.workspace.display()
+        )
+    })?;
     tracing::info!("{}", describe_pack(&report));
     Ok(report)
 }
@@ -227,7 +235,12 @@ async fn place_workspace(
     }
 }
 
-fn script_spec(config: &Config, run_dir: &str, staged: &StagedWorkspace, pack: &PackReport) -> ScriptSpec {
+fn script_spec(
+    config: &Config,
+    run_dir: &str,
+    staged: &StagedWorkspace,
+    pack: &PackReport,
+) -> ScriptSpec {
     let resources = &config.resources;
     ScriptSpec {
         job_name: config.job_name.clone(),
@@ -283,8 +296,12 @@ async fn watch_job(
     staged: &StagedWorkspace,
     stop: &mut StopSignal,
 ) -> Result<Ended> {
-    let mut log = std::fs::File::create(&config.log_file)
-        .with_context(|| format!("failed to create the log file {}", config.log_file.display()))?;
+    let mut log = std::fs::File::create(&config.log_file).with_context(|| {
+        format!(
+            "failed to create the log file {}",
+            config.log_file.display()
+        )
+    })?;
     let mut files = vec![OutputFile::new(remote.path(OUTPUT_NAME))];
     if config.separate_stderr {
         files.push(OutputFile::new(remote.path(ERROR_NAME)));
@@ -343,7 +360,10 @@ async fn cancel_all(backend: &dyn Backend, job: &JobId, staged: &StagedWorkspace
         }
     };
     if tokio::time::timeout(limit, work).await.is_err() {
-        tracing::error!("cancelling job {job} did not finish in {}s", limit.as_secs());
+        tracing::error!(
+            "cancelling job {job} did not finish in {}s",
+            limit.as_secs()
+        );
     }
 }
 
@@ -418,11 +438,17 @@ async fn fetch_artifacts(config: &Config, ci: &Ci, remote: &Remote<'_>) {
             return Ok(());
         }
         let dest = config.workspace.clone();
-        let report = tokio::task::spawn_blocking(move || workspace::unpack_artifacts(&local, &dest))
-            .await
-            .context("the unpacking task failed")?
-            .context("failed to unpack the artifacts")?;
-        tracing::info!("artifacts unpacked into {}: {:?}", config.workspace.display(), report);
+        let report =
+            tokio::task::spawn_blocking(move || workspace::unpack_artifacts(&local, &dest))
+                .await
+                .context("the unpacking task failed")?
+                .context("failed to unpack the artifacts")?;
+        tracing::info!(
+            "artifacts: {} files ({}) unpacked into {}",
+            report.files,
+            human_bytes(report.bytes),
+            config.workspace.display()
+        );
         anyhow::Ok(())
     }
     .await;
@@ -455,13 +481,18 @@ fn report_outcome(config: &Config, ci: &Ci, job: &JobId, outcome: &Outcome) {
 }
 
 fn report_stopped(ci: &Ci, job: &JobId, code: i32, message: &str) {
-    ci.print_line(&format!("firecrest-ci: job {job}: {message} (exit code {code})"));
+    ci.print_line(&format!(
+        "firecrest-ci: job {job}: {message} (exit code {code})"
+    ));
     set_final_outputs(ci, "CANCELLED", code);
     ci.error(&format!("job {job} cancelled"), message);
 }
 
 fn set_final_outputs(ci: &Ci, state: &str, code: i32) {
-    for (name, value) in [("state", state.to_string()), ("exit-code", code.to_string())] {
+    for (name, value) in [
+        ("state", state.to_string()),
+        ("exit-code", code.to_string()),
+    ] {
         if let Err(err) = ci.set_output(name, &value) {
             tracing::warn!("could not write the step output {name}: {err:#}");
         }
@@ -477,10 +508,17 @@ pub async fn cancel_job(config: &Config, ci: &Arc<Ci>, job: &str) -> Result<i32>
     }
     let backend = connect(config, ci)?;
     let id = JobId(job.to_string());
-    match backend.job_status(&id).await.context("failed to read the job state")? {
+    match backend
+        .job_status(&id)
+        .await
+        .context("failed to read the job state")?
+    {
         None => tracing::info!("job {id} is not known to the scheduler; nothing to cancel"),
         Some(status) if outcome::SlurmState::parse(&status.state).is_final() => {
-            tracing::info!("job {id} already ended ({}); nothing to cancel", status.state)
+            tracing::info!(
+                "job {id} already ended ({}); nothing to cancel",
+                status.state
+            )
         }
         Some(_) => {
             backend
@@ -541,7 +579,11 @@ async fn dry_run(config: &Config, ci: &Ci, run_name: &str) -> Result<i32> {
 
     let mut plan = String::new();
     plan.push_str(&format!("workspace: {}\n", config.workspace.display()));
-    plan.push_str(&format!("  {}\n  sha256 {}\n", describe_pack(&pack), pack.sha256));
+    plan.push_str(&format!(
+        "  {}\n  sha256 {}\n",
+        describe_pack(&pack),
+        pack.sha256
+    ));
     plan.push_str(&format!("run directory: {run_dir}\n"));
     plan.push_str(&format!("job name: {}\n", config.job_name));
     plan.push_str("plan:\n");
@@ -570,16 +612,23 @@ fn plan_steps(config: &Config, run_dir: &str) -> Vec<String> {
                         Credentials::AccessToken(_) => "use the given access token".to_string(),
                     },
                 ),
-                None => ("<system>".to_string(), "POST <token url> (client credentials grant)".to_string()),
+                None => (
+                    "<system>".to_string(),
+                    "POST <token url> (client credentials grant)".to_string(),
+                ),
             };
             let mut steps = vec![
                 auth,
                 "GET /status/systems (upload size limit, default work directory)".to_string(),
             ];
             if config.remote_dir.is_none() {
-                steps.push(format!("GET /status/{system}/userinfo (user name for the base directory)"));
+                steps.push(format!(
+                    "GET /status/{system}/userinfo (user name for the base directory)"
+                ));
             }
-            steps.push(format!("POST /filesystem/{system}/ops/mkdir {run_dir}, PUT ops/chmod 700"));
+            steps.push(format!(
+                "POST /filesystem/{system}/ops/mkdir {run_dir}, PUT ops/chmod 700"
+            ));
             if !config.env_vars.is_empty() {
                 steps.push(format!(
                     "POST /filesystem/{system}/ops/upload {ENV_FILE_NAME} ({} forwarded variables)",
@@ -591,7 +640,10 @@ fn plan_steps(config: &Config, run_dir: &str) -> Vec<String> {
                  through POST /filesystem/{system}/transfer/upload and S3 above {})",
                 human_bytes(config.transfer_threshold)
             ));
-            steps.push(format!("POST /compute/{system}/jobs (job {})", config.job_name));
+            steps.push(format!(
+                "POST /compute/{system}/jobs (job {})",
+                config.job_name
+            ));
             steps.push(format!(
                 "GET /compute/{system}/jobs/<id> every {}s; GET /filesystem/{system}/ops/tail of {run_dir}/{OUTPUT_NAME} from the last byte shown",
                 config.poll.state_interval.as_secs()
@@ -602,7 +654,9 @@ fn plan_steps(config: &Config, run_dir: &str) -> Vec<String> {
                     config.artifacts_when
                 ));
             }
-            steps.push(when(&format!("DELETE /filesystem/{system}/ops/rm {run_dir}")));
+            steps.push(when(&format!(
+                "DELETE /filesystem/{system}/ops/rm {run_dir}"
+            )));
             steps.push(format!("on cancel: DELETE /compute/{system}/jobs/<id>"));
             steps
         }

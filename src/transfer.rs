@@ -46,7 +46,9 @@ pub fn choose_upload(size: u64, max_ops_file_size: u64, threshold: u64, s3: bool
 
 /// The part size for a server limit: just under it.
 pub fn part_size_for(max_ops_file_size: u64) -> u64 {
-    max_ops_file_size.saturating_sub(PART_MARGIN).max(MIN_PART_SIZE)
+    max_ops_file_size
+        .saturating_sub(PART_MARGIN)
+        .max(MIN_PART_SIZE)
 }
 
 /// The byte ranges of `size` bytes cut into `part_size` pieces.
@@ -78,6 +80,10 @@ pub enum TailReading {
     /// Only this leading part is known to be exact (a character may be cut
     /// at the end of the read); read again from its end.
     Prefix(String),
+    /// Nothing but replaced bytes at the end of the file: the start of a
+    /// character still being written, or invalid bytes; only the end of the
+    /// job tells which.
+    Pending,
     /// The server replaced bytes inside the reply: how many bytes it stands
     /// for must be found out from the file size.
     Ambiguous,
@@ -97,7 +103,7 @@ pub fn read_tail(text: &str) -> TailReading {
     if trimmed.len() == text.len() {
         TailReading::Exact(text.to_string())
     } else if trimmed.is_empty() {
-        TailReading::Ambiguous
+        TailReading::Pending
     } else {
         TailReading::Prefix(trimmed.to_string())
     }
@@ -121,7 +127,10 @@ mod tests {
     #[test]
     fn small_archives_go_direct() {
         assert_eq!(choose_upload(0, LIMIT, 1 << 30, true), UploadWay::Direct);
-        assert_eq!(choose_upload(LIMIT - PART_MARGIN, LIMIT, 1 << 30, true), UploadWay::Direct);
+        assert_eq!(
+            choose_upload(LIMIT - PART_MARGIN, LIMIT, 1 << 30, true),
+            UploadWay::Direct
+        );
     }
 
     #[test]
@@ -138,7 +147,10 @@ mod tests {
 
     #[test]
     fn archives_over_the_threshold_go_through_s3_when_the_server_has_it() {
-        assert_eq!(choose_upload(2 << 30, LIMIT, 1 << 30, true), UploadWay::Staged);
+        assert_eq!(
+            choose_upload(2 << 30, LIMIT, 1 << 30, true),
+            UploadWay::Staged
+        );
         assert!(matches!(
             choose_upload(2 << 30, LIMIT, 1 << 30, false),
             UploadWay::Parts { .. }
@@ -176,11 +188,18 @@ mod tests {
     #[test]
     fn tail_replies_are_classified_by_where_replacements_stand() {
         assert_eq!(read_tail(""), TailReading::Empty);
-        assert_eq!(read_tail("grüße ✓\n"), TailReading::Exact("grüße ✓\n".into()));
+        assert_eq!(
+            read_tail("grüße ✓\n"),
+            TailReading::Exact("grüße ✓\n".into())
+        );
         // A character cut at the end of the read: show what precedes it.
-        assert_eq!(read_tail("line 日\u{fffd}"), TailReading::Prefix("line 日".into()));
+        assert_eq!(
+            read_tail("line 日\u{fffd}"),
+            TailReading::Prefix("line 日".into())
+        );
         assert_eq!(read_tail("a\u{fffd}b"), TailReading::Ambiguous);
-        assert_eq!(read_tail("\u{fffd}"), TailReading::Ambiguous);
+        assert_eq!(read_tail("\u{fffd}"), TailReading::Pending);
+        assert_eq!(read_tail("a\u{fffd}b\u{fffd}"), TailReading::Ambiguous);
         assert_eq!(exact_prefix("ab\u{fffd}cd"), "ab");
     }
 }

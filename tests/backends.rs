@@ -110,7 +110,7 @@ async fn stream_until(
     let start = Instant::now();
     loop {
         let finished = done();
-        let chunk = backend.read_output(path, offset).await.unwrap();
+        let chunk = backend.read_output(path, offset, false).await.unwrap();
         assert_eq!(chunk.advance, chunk.data.len() as u64);
         offset += chunk.advance;
         let empty = chunk.data.is_empty();
@@ -176,7 +176,10 @@ async fn check_streamed_output(backend: &dyn Backend, dir: &Path, id: &JobId) {
     // Every offset, including those inside a character, reads the exact tail.
     let bytes = std::fs::read(&path).unwrap();
     for offset in 0..=bytes.len() {
-        let chunk = backend.read_output(&path_s, offset as u64).await.unwrap();
+        let chunk = backend
+            .read_output(&path_s, offset as u64, false)
+            .await
+            .unwrap();
         assert_eq!(chunk.data, &bytes[offset..], "offset {offset}");
         assert_eq!(chunk.advance, (bytes.len() - offset) as u64);
     }

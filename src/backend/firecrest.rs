@@ -92,9 +92,14 @@ impl FirecrestBackend {
     async fn facts(&self) -> Result<&SystemFacts> {
         self.facts
             .get_or_try_init(|| async {
-                let systems = self.client.systems().await.context("failed to list the systems")?;
+                let systems = self
+                    .client
+                    .systems()
+                    .await
+                    .context("failed to list the systems")?;
                 let wanted = self.client.system();
-                let Some(system) = systems.iter().find(|s| s.name.eq_ignore_ascii_case(wanted)) else {
+                let Some(system) = systems.iter().find(|s| s.name.eq_ignore_ascii_case(wanted))
+                else {
                     let known: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
                     return Err(crate::outcome::CodedError {
                         code: crate::outcome::codes::CONFIG,
@@ -112,7 +117,9 @@ impl FirecrestBackend {
                     .and_then(|t| t.service_type.as_deref())
                     .is_some_and(|t| t.eq_ignore_ascii_case("s3"));
                 Ok(SystemFacts {
-                    max_ops_file_size: system.max_ops_file_size().unwrap_or(DEFAULT_MAX_OPS_FILE_SIZE),
+                    max_ops_file_size: system
+                        .max_ops_file_size()
+                        .unwrap_or(DEFAULT_MAX_OPS_FILE_SIZE),
                     default_work_dir: system.default_work_dir().map(|fs| fs.path.clone()),
                     s3,
                 })
@@ -120,7 +127,13 @@ impl FirecrestBackend {
             .await
     }
 
-    async fn upload_parts(&self, archive: &Path, dir: &str, size: u64, mut part_size: u64) -> Result<Vec<String>> {
+    async fn upload_parts(
+        &self,
+        archive: &Path,
+        dir: &str,
+        size: u64,
+        mut part_size: u64,
+    ) -> Result<Vec<String>> {
         loop {
             let ranges = transfer::part_ranges(size, part_size);
             let count = ranges.len();
@@ -129,16 +142,24 @@ impl FirecrestBackend {
                 crate::run::human_bytes(size),
                 crate::run::human_bytes(part_size)
             );
-            let names: Vec<String> = (0..count).map(|i| transfer::part_name("workspace.tar.gz", i)).collect();
+            let names: Vec<String> = (0..count)
+                .map(|i| transfer::part_name("workspace.tar.gz", i))
+                .collect();
             let result: Result<()> = stream::iter(ranges.into_iter().enumerate())
                 .map(|(index, range)| {
                     let name = names[index].clone();
                     async move {
-                        let bytes = read_range(archive, range.start, range.end - range.start).await?;
+                        let bytes =
+                            read_range(archive, range.start, range.end - range.start).await?;
                         self.client
                             .upload(dir, &name, &UploadSource::Bytes(bytes))
                             .await
-                            .with_context(|| format!("failed to upload workspace part {}/{count} to {dir}", index + 1))
+                            .with_context(|| {
+                                format!(
+                                    "failed to upload workspace part {}/{count} to {dir}",
+                                    index + 1
+                                )
+                            })
                     }
                 })
                 .buffer_unordered(transfer::PARALLEL_UPLOADS)
@@ -182,7 +203,11 @@ impl FirecrestBackend {
                 ranges.len()
             );
         }
-        tracing::info!("uploading {} through S3 in {} parts (transfer job {job})", crate::run::human_bytes(size), urls.len());
+        tracing::info!(
+            "uploading {} through S3 in {} parts (transfer job {job})",
+            crate::run::human_bytes(size),
+            urls.len()
+        );
         let count = urls.len();
         let mut etags: Vec<(u32, String)> = stream::iter(urls.into_iter().zip(ranges).enumerate())
             .map(|(index, (url, range))| async move {
@@ -224,12 +249,20 @@ impl FirecrestBackend {
                     if state == crate::outcome::SlurmState::Completed {
                         return Ok(());
                     }
-                    let log = self.client.tail(logs_error, 0).await.map(|t| t.content).unwrap_or_default();
+                    let log = self
+                        .client
+                        .tail(logs_error, 0)
+                        .await
+                        .map(|t| t.content)
+                        .unwrap_or_default();
                     bail!("transfer job {job} ended {}: {}", status.state, log.trim());
                 }
             }
             if started.elapsed() > TRANSFER_WAIT {
-                bail!("transfer job {job} did not finish in {} minutes", TRANSFER_WAIT.as_secs() / 60);
+                bail!(
+                    "transfer job {job} did not finish in {} minutes",
+                    TRANSFER_WAIT.as_secs() / 60
+                );
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(std::time::Duration::from_secs(10));
@@ -237,8 +270,10 @@ impl FirecrestBackend {
     }
 
     /// Finds how many bytes an ambiguous reply stood for: the file size
-    /// before and after the read must agree.
-    async fn read_settled(&self, path: &str, offset: u64) -> Result<OutputChunk> {
+    /// before and after the read must agree. A replacement at the very end
+    /// may be a character still being written: it is passed over only once
+    /// the file is `last`.
+    async fn read_settled(&self, path: &str, offset: u64, last_read: bool) -> Result<OutputChunk> {
         let mut last = String::new();
         for _ in 0..3 {
             let before = self.client.stat(path).await?.size;
@@ -248,10 +283,12 @@ impl FirecrestBackend {
                 if before <= offset {
                     return Ok(OutputChunk::default());
                 }
-                return Ok(OutputChunk {
-                    data: text.into_bytes(),
-                    advance: before - offset,
-                });
+                if last_read || !text.ends_with(char::REPLACEMENT_CHARACTER) {
+                    return Ok(OutputChunk {
+                        data: text.into_bytes(),
+                        advance: before - offset,
+                    });
+                }
             }
             last = text;
         }
@@ -274,13 +311,22 @@ impl FirecrestBackend {
             if offset < snapshot.size {
                 let len = piece.min(snapshot.size - offset);
                 let mut buffer = Vec::with_capacity(len as usize);
-                let mut limited = LimitedWriter { inner: &mut buffer, left: len };
-                let _ = self.client.s3_get_object(&snapshot.url, offset, &mut limited).await;
+                let mut limited = LimitedWriter {
+                    inner: &mut buffer,
+                    left: len,
+                };
+                let _ = self
+                    .client
+                    .s3_get_object(&snapshot.url, offset, &mut limited)
+                    .await;
                 if buffer.is_empty() {
                     bail!("could not read the output backlog of {path} from S3");
                 }
                 let advance = buffer.len() as u64;
-                return Ok(OutputChunk { data: buffer, advance });
+                return Ok(OutputChunk {
+                    data: buffer,
+                    advance,
+                });
             }
             snapshots.remove(path);
         }
@@ -296,8 +342,11 @@ impl FirecrestBackend {
                 .download_url
                 .clone()
                 .context("the server's S3 download directives have no downloadUrl")?;
-            self.wait_transfer(&reply.transfer_job.job_id, &reply.transfer_job.logs.error_log)
-                .await?;
+            self.wait_transfer(
+                &reply.transfer_job.job_id,
+                &reply.transfer_job.logs.error_log,
+            )
+            .await?;
             snapshots.insert(path.to_string(), Snapshot { url, size });
             return Ok(OutputChunk::default());
         }
@@ -337,11 +386,17 @@ impl tokio::io::AsyncWrite for LimitedWriter<'_> {
         std::task::Poll::Ready(Ok(n))
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
@@ -387,7 +442,11 @@ fn with_dependency(script: &str, dependency: Option<&JobId>) -> String {
 #[async_trait]
 impl Backend for FirecrestBackend {
     fn describe(&self) -> String {
-        format!("FirecREST system {} at {}", self.client.system(), self.client.base_url())
+        format!(
+            "FirecREST system {} at {}",
+            self.client.system(),
+            self.client.base_url()
+        )
     }
 
     async fn default_base_dir(&self) -> Result<String> {
@@ -398,11 +457,19 @@ impl Backend for FirecrestBackend {
                 self.client.system()
             )
         })?;
-        let user = self.client.userinfo().await.context("failed to read the user's name")?;
+        let user = self
+            .client
+            .userinfo()
+            .await
+            .context("failed to read the user's name")?;
         if user.user.name.is_empty() {
             bail!("the server did not say the user's name; set remote-dir (FIRECREST_REMOTE_DIR)");
         }
-        Ok(format!("{}/{}/firecrest-ci", root.trim_end_matches('/'), user.user.name))
+        Ok(format!(
+            "{}/{}/firecrest-ci",
+            root.trim_end_matches('/'),
+            user.user.name
+        ))
     }
 
     async fn create_private_dir(&self, path: &str) -> Result<()> {
@@ -411,7 +478,9 @@ impl Backend for FirecrestBackend {
     }
 
     async fn put_file(&self, dir: &str, name: &str, contents: Vec<u8>) -> Result<()> {
-        self.client.upload(dir, name, &UploadSource::Bytes(contents)).await
+        self.client
+            .upload(dir, name, &UploadSource::Bytes(contents))
+            .await
     }
 
     async fn upload_workspace(&self, archive: &Path, dir: &str) -> Result<StagedWorkspace> {
@@ -420,7 +489,12 @@ impl Backend for FirecrestBackend {
             .with_context(|| format!("failed to read {}", archive.display()))?
             .len();
         let facts = self.facts().await?.clone();
-        match transfer::choose_upload(size, facts.max_ops_file_size, self.transfer_threshold, facts.s3) {
+        match transfer::choose_upload(
+            size,
+            facts.max_ops_file_size,
+            self.transfer_threshold,
+            facts.s3,
+        ) {
             UploadWay::Direct => {
                 let source = UploadSource::File(archive.to_path_buf());
                 match self.client.upload(dir, "workspace.tar.gz", &source).await {
@@ -429,17 +503,25 @@ impl Backend for FirecrestBackend {
                         transfer_job: None,
                     }),
                     Err(err) if is_too_large(&err) => {
-                        tracing::warn!("the server refused the archive as too large; uploading it in parts");
+                        tracing::warn!(
+                            "the server refused the archive as too large; uploading it in parts"
+                        );
                         let part_size = (size / 2).max(transfer::MIN_PART_SIZE);
                         let parts = self.upload_parts(archive, dir, size, part_size).await?;
-                        Ok(StagedWorkspace { parts, transfer_job: None })
+                        Ok(StagedWorkspace {
+                            parts,
+                            transfer_job: None,
+                        })
                     }
                     Err(err) => Err(err),
                 }
             }
             UploadWay::Parts { part_size, .. } => {
                 let parts = self.upload_parts(archive, dir, size, part_size).await?;
-                Ok(StagedWorkspace { parts, transfer_job: None })
+                Ok(StagedWorkspace {
+                    parts,
+                    transfer_job: None,
+                })
             }
             UploadWay::Staged => self.upload_staged(archive, dir, size).await,
         }
@@ -465,7 +547,7 @@ impl Backend for FirecrestBackend {
         Ok(self.client.job(&id.0).await?.as_ref().map(JobStatus::from))
     }
 
-    async fn read_output(&self, path: &str, offset: u64) -> Result<OutputChunk> {
+    async fn read_output(&self, path: &str, offset: u64, last: bool) -> Result<OutputChunk> {
         let reply = match self.client.tail(path, offset).await {
             Ok(reply) => reply,
             // Not there yet: the job has not started writing.
@@ -479,7 +561,10 @@ impl Backend for FirecrestBackend {
                 advance: text.len() as u64,
                 data: text.into_bytes(),
             },
-            TailReading::Ambiguous => self.read_settled(path, offset).await?,
+            TailReading::Pending if !last => OutputChunk::default(),
+            TailReading::Pending | TailReading::Ambiguous => {
+                self.read_settled(path, offset, last).await?
+            }
         })
     }
 
@@ -515,8 +600,11 @@ impl Backend for FirecrestBackend {
             .download_url
             .clone()
             .context("the server's S3 download directives have no downloadUrl")?;
-        self.wait_transfer(&reply.transfer_job.job_id, &reply.transfer_job.logs.error_log)
-            .await?;
+        self.wait_transfer(
+            &reply.transfer_job.job_id,
+            &reply.transfer_job.logs.error_log,
+        )
+        .await?;
         self.client.s3_get_object(&url, 0, &mut file).await?;
         Ok(true)
     }

@@ -663,7 +663,7 @@ impl Backend for LocalBackend {
         }))
     }
 
-    async fn read_output(&self, path: &str, offset: u64) -> Result<OutputChunk> {
+    async fn read_output(&self, path: &str, offset: u64, _last: bool) -> Result<OutputChunk> {
         self.files.read_output(path, offset).await
     }
 

@@ -106,7 +106,10 @@ pub trait Backend: Send + Sync {
     async fn job_status(&self, id: &JobId) -> Result<Option<JobStatus>>;
 
     /// Reads the file at `path` from byte `offset` on; empty when nothing new.
-    async fn read_output(&self, path: &str, offset: u64) -> Result<OutputChunk>;
+    /// `last` says the file will not grow any more (the job ended and its
+    /// output was drained): bytes held back because they might be the start
+    /// of a character still being written are given out now.
+    async fn read_output(&self, path: &str, offset: u64, last: bool) -> Result<OutputChunk>;
 
     /// Cancels the job; a job that already ended counts as cancelled.
     async fn cancel(&self, id: &JobId) -> Result<()>;

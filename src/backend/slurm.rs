@@ -419,7 +419,7 @@ impl Backend for SlurmBackend {
         self.status_from_sacct(id, true).await
     }
 
-    async fn read_output(&self, path: &str, offset: u64) -> Result<OutputChunk> {
+    async fn read_output(&self, path: &str, offset: u64, _last: bool) -> Result<OutputChunk> {
         self.files.read_output(path, offset).await
     }
 

@@ -40,7 +40,11 @@ impl Setup {
     /// A run against `fake` with fast polling and the given job name.
     pub fn firecrest(fake: &FakeFirecrest, job_name: &str, run: &str) -> Self {
         let workspace = tempfile::tempdir().expect("workspace");
-        std::fs::write(workspace.path().join("hello.txt"), "hello from the workspace\n").unwrap();
+        std::fs::write(
+            workspace.path().join("hello.txt"),
+            "hello from the workspace\n",
+        )
+        .unwrap();
         let mut env = BTreeMap::new();
         for (k, v) in [
             ("FIRECREST_URL", fake.url()),
@@ -52,7 +56,10 @@ impl Setup {
             ("FIRECREST_RUN", run.to_string()),
             ("FIRECREST_POLL_INTERVAL", "1s".to_string()),
             ("FIRECREST_LOG_INTERVAL", "1s".to_string()),
-            ("FIRECREST_WORKSPACE", workspace.path().display().to_string()),
+            (
+                "FIRECREST_WORKSPACE",
+                workspace.path().display().to_string(),
+            ),
             ("PATH", std::env::var("PATH").unwrap_or_default()),
         ] {
             env.insert(k.to_string(), v);
@@ -63,13 +70,20 @@ impl Setup {
     /// A run on this machine, no cluster.
     pub fn local(run: &str) -> Self {
         let workspace = tempfile::tempdir().expect("workspace");
-        std::fs::write(workspace.path().join("hello.txt"), "hello from the workspace\n").unwrap();
+        std::fs::write(
+            workspace.path().join("hello.txt"),
+            "hello from the workspace\n",
+        )
+        .unwrap();
         let mut env = BTreeMap::new();
         for (k, v) in [
             ("FIRECREST_BACKEND", "local".to_string()),
             ("FIRECREST_RUN", run.to_string()),
             ("FIRECREST_POLL_INTERVAL", "1s".to_string()),
-            ("FIRECREST_WORKSPACE", workspace.path().display().to_string()),
+            (
+                "FIRECREST_WORKSPACE",
+                workspace.path().display().to_string(),
+            ),
             ("PATH", std::env::var("PATH").unwrap_or_default()),
         ] {
             env.insert(k.to_string(), v);
@@ -139,7 +153,9 @@ pub fn wait(mut child: Child, limit: Duration, started: Instant) -> Outcome {
     let stdout = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
     let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
     use std::os::unix::process::ExitStatusExt;
-    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     Outcome {
         code,
         stdout,

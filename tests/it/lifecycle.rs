@@ -31,16 +31,30 @@ fn a_completed_job_exits_zero_streams_its_output_and_cleans_up() {
     let setup = Setup::firecrest(&fake, "ok-job", "echo hello from the job\ncat hello.txt");
     let out = setup.run(LIMIT);
     assert_eq!(out.code, 0, "{}", out.both());
-    assert!(out.stdout.contains("hello from the job\n"), "{}", out.both());
-    assert!(out.stdout.contains("hello from the workspace\n"), "{}", out.both());
+    assert!(
+        out.stdout.contains("hello from the job\n"),
+        "{}",
+        out.both()
+    );
+    assert!(
+        out.stdout.contains("hello from the workspace\n"),
+        "{}",
+        out.both()
+    );
     assert!(out.stdout.contains("COMPLETED"), "{}", out.both());
     let job = fake.job_by_name("ok-job").expect("job submitted");
     assert_eq!(job.state, "COMPLETED");
-    assert!(leftovers(&fake).is_empty(), "left behind: {:?}", leftovers(&fake));
+    assert!(
+        leftovers(&fake).is_empty(),
+        "left behind: {:?}",
+        leftovers(&fake)
+    );
     let log = std::fs::read_to_string(setup.path().join("firecrest-ci.log")).expect("log file");
     assert!(log.contains("hello from the job\n"));
     // The secret never reaches the log.
-    assert!(!out.stdout.contains(&fake.client_secret()) && !out.stderr.contains(&fake.client_secret()));
+    assert!(
+        !out.stdout.contains(&fake.client_secret()) && !out.stderr.contains(&fake.client_secret())
+    );
 }
 
 #[test]
@@ -72,8 +86,17 @@ fn forced(state: &str, exit: i32, signal: i32, expected: i32) {
     let name = format!("forced-{}", state.to_ascii_lowercase().replace('_', "-"));
     fake.force_end(&name, ForcedEnd::new(state, exit, signal));
     let out = run(&fake, &name, "echo running");
-    assert_eq!(out.code, expected, "{state} {exit}:{signal}\n{}", out.both());
-    assert!(out.stderr.contains(state) || out.stdout.contains(state), "{}", out.both());
+    assert_eq!(
+        out.code,
+        expected,
+        "{state} {exit}:{signal}\n{}",
+        out.both()
+    );
+    assert!(
+        out.stderr.contains(state) || out.stdout.contains(state),
+        "{}",
+        out.both()
+    );
 }
 
 #[test]
@@ -116,9 +139,17 @@ fn a_job_cancelled_on_the_cluster_gives_120() {
     // Cancel from outside, as a user with scancel would: the tool's own
     // `cancel` command talks to the same server.
     let mut cancel = std::process::Command::new(crate::harness::binary());
-    cancel.env_clear().envs(&setup.env).arg("cancel").arg(id.to_string());
+    cancel
+        .env_clear()
+        .envs(&setup.env)
+        .arg("cancel")
+        .arg(id.to_string());
     let status = cancel.output().expect("run cancel");
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let out = wait(child, LIMIT, started);
     assert_eq!(out.code, 120, "{}", out.both());
     assert!(fake.job(id).unwrap().state.starts_with("CANCELLED"));
@@ -154,12 +185,13 @@ fn a_burst_above_the_size_limit_is_read_in_pieces() {
     });
     let out = run(&fake, "burst", "seq 1 120000\nsleep 3\necho tail-end");
     assert_eq!(out.code, 0, "{}", out.both());
-    let numbers: Vec<u64> = out
-        .stdout
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect();
-    assert_eq!(numbers.len(), 120000, "each number exactly once\n{}", out.stderr);
+    let numbers: Vec<u64> = out.stdout.lines().filter_map(|l| l.parse().ok()).collect();
+    assert_eq!(
+        numbers.len(),
+        120000,
+        "each number exactly once\n{}",
+        out.stderr
+    );
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "in order");
     assert_eq!(out.stdout.matches("tail-end").count(), 1);
 }
@@ -191,7 +223,11 @@ fn a_job_that_never_appears_fails_clearly_without_hanging() {
     let out = setup.run(Duration::from_secs(60));
     assert_ne!(out.code, 0, "{}", out.both());
     assert!(out.stderr.contains("has not shown it"), "{}", out.both());
-    assert!(out.elapsed < Duration::from_secs(45), "took {:?}", out.elapsed);
+    assert!(
+        out.elapsed < Duration::from_secs(45),
+        "took {:?}",
+        out.elapsed
+    );
 }
 
 fn signal_cancels(signal: Signal, expected: i32) {
@@ -213,11 +249,18 @@ fn signal_cancels(signal: Signal, expected: i32) {
     let out = wait(child, LIMIT, started);
     let took = signalled.elapsed();
     assert_eq!(out.code, expected, "{}", out.both());
-    assert!(took < Duration::from_millis(7500), "took {took:?} after the signal");
+    assert!(
+        took < Duration::from_millis(7500),
+        "took {took:?} after the signal"
+    );
     let job = fake.job_by_name(&name).unwrap();
     assert!(job.state.starts_with("CANCELLED"), "state {}", job.state);
     assert!(wait_until(Duration::from_secs(5), || !fake.any_job_process_running()));
-    assert!(leftovers(&fake).is_empty(), "left behind: {:?}", leftovers(&fake));
+    assert!(
+        leftovers(&fake).is_empty(),
+        "left behind: {:?}",
+        leftovers(&fake)
+    );
 }
 
 #[test]
@@ -237,7 +280,11 @@ fn the_run_timeout_cancels_the_job() {
     setup.set("FIRECREST_TIMEOUT", "8s");
     let out = setup.run(LIMIT);
     assert_eq!(out.code, 121, "{}", out.both());
-    assert!(fake.job_by_name("too-long").unwrap().state.starts_with("CANCELLED"));
+    assert!(fake
+        .job_by_name("too-long")
+        .unwrap()
+        .state
+        .starts_with("CANCELLED"));
 }
 
 #[test]
@@ -254,7 +301,11 @@ fn artifacts_come_back_even_when_the_commands_exit_early() {
     let got = std::fs::read_to_string(setup.path().join("out/r.txt")).expect("artifact");
     assert_eq!(got, "result\n");
     assert!(setup.path().join("out/deep/d.txt").exists());
-    assert!(leftovers(&fake).is_empty(), "left behind: {:?}", leftovers(&fake));
+    assert!(
+        leftovers(&fake).is_empty(),
+        "left behind: {:?}",
+        leftovers(&fake)
+    );
 }
 
 #[test]
@@ -266,7 +317,11 @@ fn forwarded_variables_arrive_with_their_exact_values() {
     setup.set("MY_VALUE", value);
     let out = setup.run(LIMIT);
     assert_eq!(out.code, 0, "{}", out.both());
-    assert!(out.stdout.contains(&format!("<{value}>\n")), "{}", out.both());
+    assert!(
+        out.stdout.contains(&format!("<{value}>\n")),
+        "{}",
+        out.both()
+    );
     // Not in the script the server received.
     let job = fake.job_by_name("env").unwrap();
     assert!(job.state == "COMPLETED");
@@ -289,7 +344,11 @@ fn a_workspace_over_the_limit_goes_up_in_parts() {
     let out = setup.run(LIMIT);
     assert_eq!(out.code, 0, "{}", out.both());
     assert!(out.stdout.contains(&sha), "{}", out.both());
-    assert!(fake.count(Route::OpsUpload) >= 4, "uploads: {}", fake.count(Route::OpsUpload));
+    assert!(
+        fake.count(Route::OpsUpload) >= 4,
+        "uploads: {}",
+        fake.count(Route::OpsUpload)
+    );
 }
 
 #[test]
@@ -327,6 +386,9 @@ fn a_long_job_costs_few_requests() {
     let tails = fake.count(Route::OpsTail);
     let minutes = out.elapsed.as_secs_f64() / 60.0;
     let per_minute = (job_reads + tails) as f64 / minutes;
-    eprintln!("requests: {job_reads} job reads, {tails} tails in {:?} = {per_minute:.0}/min", out.elapsed);
+    eprintln!(
+        "requests: {job_reads} job reads, {tails} tails in {:?} = {per_minute:.0}/min",
+        out.elapsed
+    );
     assert!(per_minute < 80.0, "{per_minute:.0} requests per minute");
 }
