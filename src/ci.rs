@@ -217,8 +217,8 @@ impl Ci {
     }
 
     /// Publishes a step output (`job-id`, `state`, ...) for later steps or
-    /// jobs. On GitLab the dotenv key is `FIRECREST_` plus the name upper-cased
-    /// with `-` as `_`; dotenv values must be one line without surrounding
+    /// jobs. On GitLab the dotenv key is `FIRECREST_JOB_` plus the name (without
+    /// a `job-` prefix) upper-cased with `-` as `_`; dotenv values must be one line without surrounding
     /// whitespace, anything else is refused rather than silently changed.
     pub fn set_output(&self, name: &str, value: &str) -> Result<()> {
         validate_output_name(name)?;
@@ -529,9 +529,16 @@ fn github_output_record(name: &str, value: &str) -> String {
     format!("{name}<<{delimiter}\n{value}\n{delimiter}\n")
 }
 
-/// The dotenv key GitLab jobs see for a step output: `job-id` -> `FIRECREST_JOB_ID`.
+/// The dotenv key GitLab jobs see for a step output: `job-id` ->
+/// `FIRECREST_JOB_ID`, `remote-dir` -> `FIRECREST_JOB_REMOTE_DIR`. The
+/// `FIRECREST_JOB_` prefix keeps them apart from the inputs: a later job
+/// that also runs firecrest-ci must not read `FIRECREST_REMOTE_DIR` back.
 fn dotenv_key(name: &str) -> String {
-    format!("FIRECREST_{}", name.to_ascii_uppercase().replace('-', "_"))
+    let name = name.strip_prefix("job-").unwrap_or(name);
+    format!(
+        "FIRECREST_JOB_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 /// One dotenv line. GitLab reads `KEY=VALUE` per line and strips surrounding
@@ -1345,10 +1352,10 @@ mod tests {
         let parsed = parse_dotenv(&std::fs::read_to_string(&path).unwrap());
         let expected: BTreeMap<String, String> = [
             ("FIRECREST_JOB_ID", "123456"),
-            ("FIRECREST_STATE", "COMPLETED"),
-            ("FIRECREST_EXIT_CODE", "0"),
-            ("FIRECREST_REASON", "a=b c"),
-            ("FIRECREST_EMPTY", ""),
+            ("FIRECREST_JOB_STATE", "COMPLETED"),
+            ("FIRECREST_JOB_EXIT_CODE", "0"),
+            ("FIRECREST_JOB_REASON", "a=b c"),
+            ("FIRECREST_JOB_EMPTY", ""),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -145,8 +145,13 @@ async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
             return codes::CONFIG;
         }
     };
-    let dotenv = (env.get("GITLAB_CI").is_some_and(|v| v == "true"))
-        .then(|| config.workspace.join("firecrest-ci.env"));
+    // GitLab's `artifacts: reports: dotenv:` paths are relative to the project directory.
+    let dotenv = (env.get("GITLAB_CI").is_some_and(|v| v == "true")).then(|| {
+        env.get("CI_PROJECT_DIR")
+            .filter(|dir| !dir.is_empty())
+            .map_or_else(|| config.workspace.clone(), std::path::PathBuf::from)
+            .join("firecrest-ci.env")
+    });
     let ci = Arc::new(Ci::detect(&env, dotenv));
     let result = match command {
         Command::Run(_) => run::run(config, ci.clone(), stop).await,

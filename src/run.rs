@@ -272,12 +272,24 @@ fn write_early_outputs(config: &Config, ci: &Ci, job: &JobId, run_dir: &str) {
     for (name, value) in [
         ("job-id", job.0.clone()),
         ("remote-dir", run_dir.to_string()),
-        ("log-file", config.log_file.display().to_string()),
+        ("log-file", log_file_output(config)),
     ] {
         if let Err(err) = ci.set_output(name, &value) {
             tracing::warn!("could not write the step output {name}: {err:#}");
         }
     }
+}
+
+/// The log file as later steps can open it: relative to the workspace when
+/// inside it (the action's container sees the workspace at another path
+/// than the runner's later steps).
+fn log_file_output(config: &Config) -> String {
+    config
+        .log_file
+        .strip_prefix(&config.workspace)
+        .unwrap_or(&config.log_file)
+        .display()
+        .to_string()
 }
 
 struct CiSink<'a>(&'a Ci);

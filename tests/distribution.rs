@@ -505,7 +505,6 @@ fn github_env(with: &BTreeMap<&str, &str>, workspace: &Path) -> BTreeMap<String,
 }
 
 #[test]
-#[ignore = "needs the pipeline"]
 fn github_action_environment_dry_run() {
     let ws = workspace();
     let files = tempfile::tempdir().unwrap();
@@ -607,7 +606,6 @@ fn gitlab_sections(text: &str) -> Vec<(bool, String)> {
 }
 
 #[test]
-#[ignore = "needs the pipeline"]
 fn gitlab_job_environment_dry_run() {
     let ws = workspace();
     let dir = ws.path().display().to_string();
@@ -655,7 +653,6 @@ fn gitlab_job_environment_dry_run() {
 }
 
 #[test]
-#[ignore = "needs the pipeline"]
 fn plain_environment_dry_run() {
     let ws = workspace();
     let env: BTreeMap<String, String> = [
