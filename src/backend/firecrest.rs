@@ -3,6 +3,8 @@
 //! calls, text replies with replaced bytes, 1-based `tail` offsets, the
 //! missing dependency field of the submit call).
 
+use std::future::Future;
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +18,11 @@ use crate::config::{Credentials, FirecrestSettings, PollSettings};
 use crate::firecrest::models::JobDescription;
 use crate::firecrest::retry::RetryPolicy;
 use crate::firecrest::{ApiError, AuthSource, Client, ClientSettings, TokenObserver, UploadSource};
+use crate::progress::Progress;
 use crate::transfer::{self, TailReading, UploadWay};
+
+/// A progress line at most this often during long uploads.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The server's limit when `/status/systems` does not say (FirecREST's default).
 const DEFAULT_MAX_OPS_FILE_SIZE: u64 = 5 * 1024 * 1024;
@@ -145,29 +151,24 @@ impl FirecrestBackend {
             let names: Vec<String> = (0..count)
                 .map(|i| transfer::part_name("workspace.tar.gz", i))
                 .collect();
-            let result: Result<()> = stream::iter(ranges.into_iter().enumerate())
-                .map(|(index, range)| {
-                    let name = names[index].clone();
-                    async move {
-                        let bytes =
-                            read_range(archive, range.start, range.end - range.start).await?;
-                        self.client
-                            .upload(dir, &name, &UploadSource::Bytes(bytes))
-                            .await
-                            .with_context(|| {
-                                format!(
-                                    "failed to upload workspace part {}/{count} to {dir}",
-                                    index + 1
-                                )
-                            })
-                    }
-                })
-                .buffer_unordered(transfer::PARALLEL_UPLOADS)
-                .try_collect::<Vec<()>>()
-                .await
-                .map(|_| ());
+            let result = for_each_part(ranges, size, |index, range| {
+                let name = names[index].clone();
+                async move {
+                    let bytes = read_range(archive, range.start, range.end - range.start).await?;
+                    self.client
+                        .upload(dir, &name, &UploadSource::Bytes(bytes))
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "failed to upload workspace part {}/{count} to {dir}",
+                                index + 1
+                            )
+                        })
+                }
+            })
+            .await;
             match result {
-                Ok(()) => return Ok(names),
+                Ok(_) => return Ok(names),
                 Err(err) if is_too_large(&err) && part_size / 2 >= transfer::MIN_PART_SIZE => {
                     // The server's real limit is lower than it said: halve and start over.
                     part_size /= 2;
@@ -209,18 +210,17 @@ impl FirecrestBackend {
             urls.len()
         );
         let count = urls.len();
-        let mut etags: Vec<(u32, String)> = stream::iter(urls.into_iter().zip(ranges).enumerate())
-            .map(|(index, (url, range))| async move {
+        let urls = &urls;
+        let mut etags: Vec<(u32, String)> =
+            for_each_part(ranges, size, |index, range| async move {
                 let bytes = read_range(archive, range.start, range.end - range.start).await?;
                 let etag = self
                     .client
-                    .s3_put_part(&url, bytes)
+                    .s3_put_part(&urls[index], bytes)
                     .await
                     .with_context(|| format!("failed to upload S3 part {}/{count}", index + 1))?;
                 anyhow::Ok((index as u32 + 1, etag))
             })
-            .buffer_unordered(transfer::PARALLEL_UPLOADS)
-            .try_collect()
             .await?;
         etags.sort();
         let complete = directives
@@ -399,6 +399,36 @@ impl tokio::io::AsyncWrite for LimitedWriter<'_> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
+}
+
+/// Runs `work` on each byte range of an upload, a few at a time, with a
+/// progress line every few seconds for long uploads.
+async fn for_each_part<T, F, Fut>(ranges: Vec<Range<u64>>, total: u64, work: F) -> Result<Vec<T>>
+where
+    F: Fn(usize, Range<u64>) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let progress = std::sync::Mutex::new(Progress::new("upload", Some(total), PROGRESS_EVERY));
+    let progress = &progress;
+    let results = stream::iter(ranges.into_iter().enumerate())
+        .map(|(index, range)| {
+            let len = range.end - range.start;
+            let job = work(index, range);
+            async move {
+                let value = job.await?;
+                if let Ok(mut progress) = progress.lock() {
+                    progress.advance(len);
+                }
+                anyhow::Ok(value)
+            }
+        })
+        .buffer_unordered(transfer::PARALLEL_UPLOADS)
+        .try_collect()
+        .await?;
+    if let Ok(mut progress) = progress.lock() {
+        progress.finish();
+    }
+    Ok(results)
 }
 
 async fn read_range(path: &Path, start: u64, len: u64) -> Result<Vec<u8>> {
