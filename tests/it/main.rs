@@ -1,6 +1,7 @@
 //! Integration tests: the real firecrest-ci code against a stateful FirecREST
 //! double (`fake`), which has self-tests of its own in `fake_selftest`.
 
+mod bench;
 mod fake;
 mod fake_selftest;
 mod harness;
