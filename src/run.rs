@@ -63,6 +63,14 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
     if stopped(&stop).is_some() {
         return Ok(signal_code(&stop));
     }
+    // Opened before anything exists on the cluster: a log file that cannot
+    // be written must not leave a job running unwatched.
+    let log = std::fs::File::create(&config.log_file).with_context(|| {
+        format!(
+            "failed to create the log file {}",
+            config.log_file.display()
+        )
+    })?;
 
     let base = match &config.remote_dir {
         Some(dir) => dir.clone(),
@@ -119,7 +127,7 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
     tracing::info!("submitted job {job} ({})", config.job_name);
     write_early_outputs(&config, &ci, &job, &run_dir);
 
-    let ended = watch_job(&config, &ci, &remote, &job, &staged, &mut stop).await;
+    let ended = watch_job(&config, &ci, &remote, &job, &staged, log, &mut stop).await;
     finish(&config, &ci, &remote, &job, &staged, ended).await
 }
 
@@ -306,14 +314,9 @@ async fn watch_job(
     remote: &Remote<'_>,
     job: &JobId,
     staged: &StagedWorkspace,
+    mut log: std::fs::File,
     stop: &mut StopSignal,
 ) -> Result<Ended> {
-    let mut log = std::fs::File::create(&config.log_file).with_context(|| {
-        format!(
-            "failed to create the log file {}",
-            config.log_file.display()
-        )
-    })?;
     let mut files = vec![OutputFile::new(remote.path(OUTPUT_NAME))];
     if config.separate_stderr {
         files.push(OutputFile::new(remote.path(ERROR_NAME)));

@@ -82,12 +82,21 @@ fn bench_streaming() {
     println!("bench_lines {seen}");
     println!("bench_requests_total {all}");
     println!("bench_requests_per_minute {:.1}", all as f64 / job_minutes);
-    println!("bench_job_reads_per_minute {:.1}", job_reads as f64 / job_minutes);
-    println!("bench_output_reads_per_minute {:.1}", tails as f64 / job_minutes);
+    println!(
+        "bench_job_reads_per_minute {:.1}",
+        job_reads as f64 / job_minutes
+    );
+    println!(
+        "bench_output_reads_per_minute {:.1}",
+        tails as f64 / job_minutes
+    );
     println!("bench_token_requests {tokens}");
     println!("bench_delay_median_s {:.2}", percentile(&delays, 0.5));
     println!("bench_delay_p95_s {:.2}", percentile(&delays, 0.95));
-    println!("bench_delay_max_s {:.2}", delays.last().copied().unwrap_or(f64::NAN));
+    println!(
+        "bench_delay_max_s {:.2}",
+        delays.last().copied().unwrap_or(f64::NAN)
+    );
     println!("bench_end_to_exit_s {end_to_exit:.2}");
     println!("bench_wall_s {:.1}", started.elapsed().as_secs_f64());
 }
