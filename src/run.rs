@@ -6,15 +6,16 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::backend::{self, Backend, JobId, JobSpec, StagedWorkspace};
+use crate::backend::{self, Backend, JobId, JobSpec, JobStatus, StagedWorkspace};
 use crate::ci::Ci;
 use crate::config::{BackendKind, Config, Credentials, UserCommand};
 use crate::job::{OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
 use crate::outcome::{self, codes, Outcome};
+use crate::progress::{format_bytes, format_duration};
 use crate::script::{self, ScriptSpec};
 use crate::workspace::{self, PackOptions, PackReport};
 
@@ -124,11 +125,12 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
             return Err(err.context("failed to submit the batch job"));
         }
     };
+    let submitted_at = SystemTime::now();
     tracing::info!("submitted job {job} ({})", config.job_name);
     write_early_outputs(&config, &ci, &job, &run_dir);
 
     let ended = watch_job(&config, &ci, &remote, &job, &staged, log, &mut stop).await;
-    finish(&config, &ci, &remote, &job, &staged, ended).await
+    finish(&config, &ci, &remote, &job, submitted_at, ended).await
 }
 
 /// The per-run directory and the backend that reaches it.
@@ -158,7 +160,7 @@ impl Remote<'_> {
 
 /// How watching ended, with what the rest of the pipeline needs.
 enum Ended {
-    Finished(Outcome),
+    Finished(Outcome, JobStatus),
     Stopped(i32),
     Deadline,
 }
@@ -197,8 +199,8 @@ fn describe_pack(report: &PackReport) -> String {
     format!(
         "packed {} files ({}) into {} in {:.1}s",
         report.files,
-        human_bytes(report.bytes_in),
-        human_bytes(report.bytes_out),
+        format_bytes(report.bytes_in),
+        format_bytes(report.bytes_out),
         report.elapsed.as_secs_f64()
     )
 }
@@ -336,7 +338,9 @@ async fn watch_job(
     ci.group_start("job-output", &format!("Output of job {job}"));
     let end = watcher.watch(job, stop, deadline).await;
     let ended = match end {
-        Ok(WatchEnd::Finished(status)) => Ok(Ended::Finished(outcome::outcome_for(&status))),
+        Ok(WatchEnd::Finished(status)) => {
+            Ok(Ended::Finished(outcome::outcome_for(&status), status))
+        }
         Ok(WatchEnd::Stopped(signal)) => {
             tracing::warn!("cancelling job {job}: CI stopped the run");
             cancel_all(remote.backend, job, staged, STOP_CANCEL_BUDGET).await;
@@ -387,10 +391,9 @@ async fn finish(
     ci: &Ci,
     remote: &Remote<'_>,
     job: &JobId,
-    staged: &StagedWorkspace,
+    submitted_at: SystemTime,
     ended: Result<Ended>,
 ) -> Result<i32> {
-    let _ = staged;
     let ended = match ended {
         Ok(ended) => ended,
         Err(err) => {
@@ -420,7 +423,7 @@ async fn finish(
             report_stopped(ci, job, codes::RUN_TIMEOUT, &message);
             Ok(codes::RUN_TIMEOUT)
         }
-        Ended::Finished(outcome) => {
+        Ended::Finished(outcome, status) => {
             if !config.artifacts.is_empty() && config.artifacts_when.matches(outcome.success) {
                 fetch_artifacts(config, ci, remote).await;
             }
@@ -429,7 +432,13 @@ async fn finish(
             } else {
                 tracing::info!("kept {} (cleanup: {:?})", remote.run_dir, config.cleanup);
             }
-            report_outcome(config, ci, job, &outcome);
+            report_outcome(
+                config,
+                ci,
+                job,
+                &outcome,
+                &Timing::of(&status, submitted_at),
+            );
             Ok(outcome.exit_code)
         }
     }
@@ -461,7 +470,7 @@ async fn fetch_artifacts(config: &Config, ci: &Ci, remote: &Remote<'_>) {
         tracing::info!(
             "artifacts: {} files ({}) unpacked into {}",
             report.files,
-            human_bytes(report.bytes),
+            format_bytes(report.bytes),
             config.workspace.display()
         );
         anyhow::Ok(())
@@ -473,19 +482,56 @@ async fn fetch_artifacts(config: &Config, ci: &Ci, remote: &Remote<'_>) {
     }
 }
 
-fn report_outcome(config: &Config, ci: &Ci, job: &JobId, outcome: &Outcome) {
-    let line = format!(
-        "job {job} {}: exit code {} ({})",
-        outcome.state, outcome.exit_code, outcome.reason
-    );
-    ci.print_line(&format!("firecrest-ci: {line}"));
+/// When and where the job ran, for the final report.
+struct Timing {
+    elapsed: Option<Duration>,
+    queued: Option<Duration>,
+    nodes: String,
+}
+
+impl Timing {
+    fn of(status: &JobStatus, submitted_at: SystemTime) -> Self {
+        let submitted = submitted_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let elapsed = status.elapsed.map(Duration::from_secs).or_else(|| {
+            let (start, end) = (status.start_time?, status.end_time?);
+            (end >= start).then(|| Duration::from_secs((end - start) as u64))
+        });
+        let queued = status
+            .start_time
+            .filter(|&start| start >= submitted && submitted > 0)
+            .map(|start| Duration::from_secs((start - submitted) as u64));
+        Timing {
+            elapsed,
+            queued,
+            nodes: status.nodes.clone().unwrap_or_else(|| "-".to_string()),
+        }
+    }
+
+    fn show(duration: Option<Duration>) -> String {
+        duration.map_or_else(|| "-".to_string(), format_duration)
+    }
+}
+
+fn report_outcome(config: &Config, ci: &Ci, job: &JobId, outcome: &Outcome, timing: &Timing) {
+    let (elapsed, queued) = (Timing::show(timing.elapsed), Timing::show(timing.queued));
+    ci.print_line(&format!(
+        "firecrest-ci: job {job} {}: exit code {} ({}); ran {elapsed} on {} after {queued} in the queue",
+        outcome.state, outcome.exit_code, outcome.reason, timing.nodes
+    ));
     set_final_outputs(ci, &outcome.state, outcome.exit_code);
+    let cell = |text: &str| text.replace('|', "\\|");
     let summary = format!(
-        "### firecrest-ci: job {job}\n\n| state | exit code | reason | job name |\n|---|---|---|---|\n| {} | {} | {} | {} |\n",
-        outcome.state,
+        "### firecrest-ci: job {job}\n\n\
+         | state | exit code | reason | elapsed | queue time | nodes | job name |\n\
+         |---|---|---|---|---|---|---|\n\
+         | {} | {} | {} | {elapsed} | {queued} | {} | {} |\n",
+        cell(&outcome.state),
         outcome.exit_code,
-        outcome.reason.replace('|', "\\|"),
-        config.job_name
+        cell(&outcome.reason),
+        cell(&timing.nodes),
+        cell(&config.job_name)
     );
     if let Err(err) = ci.append_summary(&summary) {
         tracing::warn!("could not write the step summary: {err:#}");
@@ -653,7 +699,7 @@ fn plan_steps(config: &Config, run_dir: &str) -> Vec<String> {
             steps.push(format!(
                 "POST /filesystem/{system}/ops/upload {ARCHIVE_NAME} (in parts above the server's limit; \
                  through POST /filesystem/{system}/transfer/upload and S3 above {})",
-                human_bytes(config.transfer_threshold)
+                format_bytes(config.transfer_threshold)
             ));
             steps.push(format!(
                 "POST /compute/{system}/jobs (job {})",
@@ -723,32 +769,9 @@ fn random_suffix() -> String {
     format!("{:06x}", rand::thread_rng().gen::<u32>() & 0xff_ffff)
 }
 
-/// Sizes as people read them in a CI log.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn human_bytes_picks_a_readable_unit() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
-    }
 
     #[test]
     fn random_suffixes_differ() {

@@ -472,7 +472,10 @@ fn is_identifier(name: &str) -> bool {
 }
 
 /// Helpers, traps and the first step: enter the run directory.
-const PROLOGUE: &str = r#"_fci_ready=0
+const PROLOGUE: &str = r#"# Submitted with --export=NONE (or through FirecREST), Slurm would pass that
+# on to srun; job steps should see what this login shell set up (modules).
+unset SLURM_EXPORT_ENV
+_fci_ready=0
 _fci_signal=
 _fci_say() { printf 'firecrest-ci: %s\n' "$*"; }
 _fci_warn() { printf 'firecrest-ci: warning: %s\n' "$*" >&2; }

@@ -145,8 +145,8 @@ impl FirecrestBackend {
             let count = ranges.len();
             tracing::info!(
                 "uploading {} in {count} parts of up to {}",
-                crate::run::human_bytes(size),
-                crate::run::human_bytes(part_size)
+                crate::progress::format_bytes(size),
+                crate::progress::format_bytes(part_size)
             );
             let names: Vec<String> = (0..count)
                 .map(|i| transfer::part_name("workspace.tar.gz", i))
@@ -174,7 +174,7 @@ impl FirecrestBackend {
                     part_size /= 2;
                     tracing::warn!(
                         "the server refused a part as too large; retrying with parts of {}",
-                        crate::run::human_bytes(part_size)
+                        crate::progress::format_bytes(part_size)
                     );
                 }
                 Err(err) => return Err(err),
@@ -206,7 +206,7 @@ impl FirecrestBackend {
         }
         tracing::info!(
             "uploading {} through S3 in {} parts (transfer job {job})",
-            crate::run::human_bytes(size),
+            crate::progress::format_bytes(size),
             urls.len()
         );
         let count = urls.len();
@@ -334,7 +334,7 @@ impl FirecrestBackend {
         if facts.s3 {
             tracing::info!(
                 "{} of output piled up: reading it through an S3 snapshot",
-                crate::run::human_bytes(size.saturating_sub(offset))
+                crate::progress::format_bytes(size.saturating_sub(offset))
             );
             let reply = self.client.transfer_download(path).await?;
             let url = reply
@@ -355,7 +355,7 @@ impl FirecrestBackend {
         let notice = format!(
             "\nfirecrest-ci: {} of output skipped: more than the server returns at once piled up; \
              the job's output file on the cluster has it all\n",
-            crate::run::human_bytes(skip_to.saturating_sub(offset))
+            crate::progress::format_bytes(skip_to.saturating_sub(offset))
         );
         tracing::warn!("{}", notice.trim());
         Ok(OutputChunk {
@@ -620,8 +620,10 @@ impl Backend for FirecrestBackend {
             bail!(
                 "{remote} is {} and the server has no S3 transfer for files over {}; \
                  bring back fewer or smaller artifacts",
-                crate::run::human_bytes(size),
-                crate::run::human_bytes(transfer::direct_download_limit(facts.max_ops_file_size))
+                crate::progress::format_bytes(size),
+                crate::progress::format_bytes(transfer::direct_download_limit(
+                    facts.max_ops_file_size
+                ))
             );
         }
         let reply = self.client.transfer_download(remote).await?;
