@@ -663,6 +663,10 @@ impl Backend for FirecrestBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
+    use std::time::Duration;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
     #[test]
     fn dependency_goes_right_after_the_shebang() {
@@ -672,5 +676,162 @@ mod tests {
             "#!/bin/bash -l\n#SBATCH --dependency=afterok:34\n#SBATCH --time=10\necho hi\n"
         );
         assert_eq!(with_dependency(script, None), script);
+    }
+
+    /// The body of the `index`-th exchange of a recorded file.
+    fn recorded(file: &str, index: usize) -> serde_json::Value {
+        let path = format!(
+            "{}/tests/fixtures/recorded/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let exchanges: serde_json::Value = serde_json::from_str(&text).unwrap();
+        exchanges[index]["response"]["body"].clone()
+    }
+
+    async fn backend(server: &MockServer) -> FirecrestBackend {
+        Mock::given(method("GET"))
+            .and(path("/status/systems"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(recorded("systems.json", 1)))
+            .mount(server)
+            .await;
+        let client = Client::new(ClientSettings {
+            base_url: server.uri(),
+            system: "daint".into(),
+            auth: AuthSource::AccessToken(Secret::new("token")),
+            request_timeout: Duration::from_secs(5),
+            retry: RetryPolicy {
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(20),
+                max_retries: 2,
+                budget: Duration::from_secs(5),
+            },
+        })
+        .unwrap();
+        FirecrestBackend::from_client(client, 1 << 30)
+    }
+
+    /// Requests whose body is larger than this many bytes.
+    struct BodyOver(usize);
+
+    impl Match for BodyOver {
+        fn matches(&self, request: &Request) -> bool {
+            request.body.len() > self.0
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_refused_as_too_large_falls_back_to_smaller_parts() {
+        let server = MockServer::start().await;
+        let backend = backend(&server).await;
+        // The server says 5 MiB, but a proxy in front refuses more than 2 MB.
+        Mock::given(method("POST"))
+            .and(path("/filesystem/daint/ops/upload"))
+            .and(BodyOver(2_000_000))
+            .respond_with(
+                ResponseTemplate::new(413).set_body_json(recorded("ops_upload_too_large.json", 0)),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/filesystem/daint/ops/upload"))
+            .respond_with(ResponseTemplate::new(204))
+            .expect(2)
+            .mount(&server)
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("workspace.tar.gz");
+        std::fs::write(&archive, vec![7u8; 3 * 1024 * 1024]).unwrap();
+        let staged = backend
+            .upload_workspace(&archive, "/scratch/ciuser/run")
+            .await
+            .unwrap();
+        assert_eq!(
+            staged.parts,
+            vec![
+                transfer::part_name("workspace.tar.gz", 0),
+                transfer::part_name("workspace.tar.gz", 1)
+            ]
+        );
+        assert!(staged.transfer_job.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_removal_that_times_out_becomes_a_transfer_job() {
+        let server = MockServer::start().await;
+        let backend = backend(&server).await;
+        Mock::given(method("DELETE"))
+            .and(path("/filesystem/daint/ops/rm"))
+            .respond_with(ResponseTemplate::new(408).set_body_json(serde_json::json!({
+                "errorType": "error", "message": "Command execution timeout", "causedBy": null, "data": null, "user": "ciuser"
+            })))
+            .mount(&server)
+            .await;
+        Mock::given(method("DELETE"))
+            .and(path("/filesystem/daint/transfer/rm"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "transferJob": {"jobId": "77", "system": "daint", "workingDirectory": "/scratch/ciuser",
+                                "logs": {"outputLog": "/scratch/ciuser/o.log", "errorLog": "/scratch/ciuser/e.log"}}
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        backend.remove_dir("/scratch/ciuser/run").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn replaced_bytes_inside_a_read_are_counted_from_the_file_size() {
+        let server = MockServer::start().await;
+        let backend = backend(&server).await;
+        // The file holds "a", one invalid byte, "b\n": 4 bytes, shown as 5.
+        Mock::given(method("GET"))
+            .and(path("/filesystem/daint/ops/tail"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "output": {"content": "a\u{fffd}b\n", "contentType": "bytes", "startPosition": 1, "endPosition": -1}
+            })))
+            .mount(&server)
+            .await;
+        let mut stat = recorded("fs_stat.json", 0);
+        stat["output"]["size"] = serde_json::json!(4);
+        Mock::given(method("GET"))
+            .and(path("/filesystem/daint/ops/stat"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(stat))
+            .mount(&server)
+            .await;
+        let chunk = backend
+            .read_output("/scratch/ciuser/run/job.out", 0, false)
+            .await
+            .unwrap();
+        assert_eq!(chunk.advance, 4);
+        assert_eq!(chunk.data, "a\u{fffd}b\n".as_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_possible_partial_character_at_the_end_waits_until_the_last_read() {
+        let server = MockServer::start().await;
+        let backend = backend(&server).await;
+        Mock::given(method("GET"))
+            .and(path("/filesystem/daint/ops/tail"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "output": {"content": "\u{fffd}", "contentType": "bytes", "startPosition": 1, "endPosition": -1}
+            })))
+            .mount(&server)
+            .await;
+        let mut stat = recorded("fs_stat.json", 0);
+        stat["output"]["size"] = serde_json::json!(12);
+        Mock::given(method("GET"))
+            .and(path("/filesystem/daint/ops/stat"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(stat))
+            .mount(&server)
+            .await;
+        let path = "/scratch/ciuser/run/job.out";
+        assert_eq!(
+            backend.read_output(path, 10, false).await.unwrap(),
+            OutputChunk::default()
+        );
+        let last = backend.read_output(path, 10, true).await.unwrap();
+        assert_eq!(last.advance, 2);
+        assert_eq!(last.data, "\u{fffd}".as_bytes());
     }
 }
