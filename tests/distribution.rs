@@ -417,8 +417,17 @@ struct Run {
     workspace: tempfile::TempDir,
 }
 
+/// The binary under test: the one cargo built for the tests, or the one
+/// `FIRECREST_CI_BIN` names (`.ci/static-check` runs these tests on the
+/// static release binary, as the platforms run it).
+fn binary() -> std::path::PathBuf {
+    std::env::var_os("FIRECREST_CI_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_firecrest-ci").into())
+}
+
 fn run_binary(env: &BTreeMap<String, String>, cwd: &Path) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_firecrest-ci"));
+    let mut cmd = Command::new(binary());
     cmd.env_clear().envs(env).current_dir(cwd);
     cmd.output()
         .unwrap_or_else(|e| panic!("start firecrest-ci: {e}"))
