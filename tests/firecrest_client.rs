@@ -411,7 +411,7 @@ async fn filesystem_calls_replay() {
     Mock::given(method("PUT"))
         .and(path("/filesystem/daint/ops/chmod"))
         .and(body_json(
-            json!({"path": "/scratch/ciuser/run", "mode": "700"}),
+            json!({"path": "/scratch/ciuser/run", "sourcePath": "/scratch/ciuser/run", "mode": "700"}),
         ))
         .respond_with(recorded_response(&exchange("fs_mkdir", 0)))
         .expect(1)

@@ -310,9 +310,12 @@ impl Client {
 
     /// `chmod`; `mode` in octal, e.g. `"700"`.
     pub async fn chmod(&self, path: &str, mode: &str) -> Result<()> {
+        // 2.5.6 reads `path` (mkdir was recorded with both spellings); the
+        // published spec names `sourcePath`. Unknown fields are ignored, so
+        // both are sent with the same value.
         let call = self
             .ops(Method::PUT, "chmod")
-            .json(serde_json::json!({"path": path, "mode": mode}));
+            .json(serde_json::json!({"path": path, "sourcePath": path, "mode": mode}));
         self.send(call).await.map(drop)
     }
 
