@@ -568,7 +568,10 @@ impl Backend for FirecrestBackend {
             constraints: None,
             standard_output: None,
             standard_error: None,
-            env: Default::default(),
+            // Never empty: the server builds `--export='ALL,<env>'` from it.
+            // Forwarded variables travel in the private env file instead
+            // (values with commas would break here).
+            env: [("FIRECREST_CI".to_string(), crate::secret::Secret::new("true"))].into(),
         };
         self.client.submit_job(&description).await.map(JobId)
     }
