@@ -249,12 +249,15 @@ impl FirecrestBackend {
                     if state == crate::outcome::SlurmState::Completed {
                         return Ok(());
                     }
-                    let log = self
-                        .client
-                        .tail(logs_error, 0)
-                        .await
-                        .map(|t| t.content)
-                        .unwrap_or_default();
+                    let log = match logs_error {
+                        "" => String::new(),
+                        path => self
+                            .client
+                            .tail(path, 0)
+                            .await
+                            .map(|t| t.content)
+                            .unwrap_or_default(),
+                    };
                     bail!("transfer job {job} ended {}: {}", status.state, log.trim());
                 }
             }
@@ -571,9 +574,36 @@ impl Backend for FirecrestBackend {
             // Never empty: the server builds `--export='ALL,<env>'` from it.
             // Forwarded variables travel in the private env file instead
             // (values with commas would break here).
-            env: [("FIRECREST_CI".to_string(), crate::secret::Secret::new("true"))].into(),
+            env: [(
+                "FIRECREST_CI".to_string(),
+                crate::secret::Secret::new("true"),
+            )]
+            .into(),
         };
-        self.client.submit_job(&description).await.map(JobId)
+        let Some(transfer) = &job.dependency else {
+            return self.client.submit_job(&description).await.map(JobId);
+        };
+        match self.client.submit_job(&description).await {
+            Ok(id) => Ok(JobId(id)),
+            // Slurm refuses a dependency on a job it has already forgotten
+            // (finished more than MinJobAge ago): if the transfer completed,
+            // the job needs no dependency any more.
+            Err(err)
+                if format!("{err:#}")
+                    .to_ascii_lowercase()
+                    .contains("dependency") =>
+            {
+                self.wait_transfer(&transfer.0, "").await.context(
+                    "the workspace transfer job did not complete, so the batch job cannot start",
+                )?;
+                let description = JobDescription {
+                    script: job.script.clone(),
+                    ..description
+                };
+                self.client.submit_job(&description).await.map(JobId)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     async fn job_status(&self, id: &JobId) -> Result<Option<JobStatus>> {
