@@ -35,6 +35,11 @@ use super::{Backend, JobId, JobSpec, JobStatus, OutputChunk, StagedWorkspace};
 /// hung one must not hang CI.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long `cancel` waits for the job's processes to stop. It fits the
+/// pipeline's cancel budget (GitHub kills 7.5 s after cancelling); a job
+/// that ignores SIGTERM longer is killed by Slurm after its `KillWait`.
+const CANCEL_WAIT: Duration = Duration::from_secs(3);
+
 /// The `sacct` columns read, in order.
 const SACCT_FIELDS: &str = "JobIDRaw,State,ExitCode,ElapsedRaw,Submit,Start,End,NodeList,Reason";
 
@@ -128,6 +133,34 @@ impl SlurmBackend {
         Ok(parse_scontrol(&out.stdout, &id.0))
     }
 
+    /// Waits (at most [`CANCEL_WAIT`]) until a cancelled job has stopped:
+    /// `scancel` only signals it, and until the job's processes are gone
+    /// they may still write output (the epilogue's last lines) and files
+    /// into the run directory the pipeline is about to drain and remove.
+    async fn wait_until_gone(&self, id: &JobId) {
+        let started = tokio::time::Instant::now();
+        loop {
+            let running = match self.status_from_scontrol(id).await {
+                Ok(Some(status)) => is_still_running(&status.state),
+                Ok(None) => false,
+                Err(err) => {
+                    tracing::debug!("could not check that job {id} stopped: {err:#}");
+                    false
+                }
+            };
+            if !running {
+                return;
+            }
+            if started.elapsed() >= CANCEL_WAIT {
+                tracing::debug!(
+                    "job {id} still stopping after {CANCEL_WAIT:?}; Slurm ends it on its own"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn status_from_sacct(&self, id: &JobId, completion: bool) -> Result<Option<JobStatus>> {
         let mut args: Vec<String> = Vec::new();
         if completion {
@@ -199,6 +232,12 @@ fn is_finished(state: &str) -> bool {
             | "STOPPED"
             | "RESV_DEL_HOLD"
     ) && !base.is_empty()
+}
+
+/// True while the job may still have processes: not yet ended, or ended
+/// and still COMPLETING (its processes being killed, epilogues running).
+fn is_still_running(state: &str) -> bool {
+    !is_finished(state) || state.split_whitespace().next() == Some("COMPLETING")
 }
 
 /// Splits Slurm's `rc:signal`.
@@ -428,13 +467,14 @@ impl Backend for SlurmBackend {
             .run("scancel", std::slice::from_ref(&id.0), None)
             .await
             .with_context(|| format!("failed to cancel job {id}"))?;
-        if out.success
-            || out.stderr.contains("already completed")
-            || out.stderr.contains("Invalid job id")
-        {
+        if out.stderr.contains("already completed") || out.stderr.contains("Invalid job id") {
             return Ok(());
         }
-        bail!("scancel {id} failed: {}", out.describe())
+        if !out.success {
+            bail!("scancel {id} failed: {}", out.describe());
+        }
+        self.wait_until_gone(id).await;
+        Ok(())
     }
 
     async fn download(&self, remote: &str, local: &Path) -> Result<bool> {
@@ -541,6 +581,29 @@ mod tests {
         assert!(is_finished("COMPLETING"));
         assert!(!is_finished("RUNNING"));
         assert!(!is_finished(""));
+    }
+
+    #[test]
+    fn a_cancelled_job_runs_until_it_stopped_completing() {
+        for running in [
+            "PENDING",
+            "RUNNING",
+            "COMPLETING",
+            "CONFIGURING",
+            "SUSPENDED",
+            "",
+        ] {
+            assert!(is_still_running(running), "{running}");
+        }
+        for gone in [
+            "CANCELLED",
+            "CANCELLED by 0",
+            "COMPLETED",
+            "FAILED",
+            "TIMEOUT",
+        ] {
+            assert!(!is_still_running(gone), "{gone}");
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ impl Outcome {
 pub struct Setup {
     pub workspace: tempfile::TempDir,
     pub env: BTreeMap<String, String>,
+    /// The base for run directories (FIRECREST_REMOTE_DIR), when the test
+    /// set one to check what a run leaves behind.
+    pub remote: Option<tempfile::TempDir>,
 }
 
 impl Setup {
@@ -64,7 +67,11 @@ impl Setup {
         ] {
             env.insert(k.to_string(), v);
         }
-        Setup { workspace, env }
+        Setup {
+            workspace,
+            env,
+            remote: None,
+        }
     }
 
     /// A run on this machine, no cluster.
@@ -88,7 +95,60 @@ impl Setup {
         ] {
             env.insert(k.to_string(), v);
         }
-        Setup { workspace, env }
+        Setup {
+            workspace,
+            env,
+            remote: None,
+        }
+    }
+
+    /// A run through the Slurm commands on this machine (a login node), with
+    /// a fresh base for run directories so the test can check the cleanup.
+    pub fn slurm(run: &str) -> Self {
+        let mut setup = Self::local(run);
+        setup.set("FIRECREST_BACKEND", "slurm");
+        setup.with_remote_dir();
+        setup
+    }
+
+    /// Points FIRECREST_REMOTE_DIR at a fresh directory this setup owns.
+    pub fn with_remote_dir(&mut self) -> &mut Self {
+        let remote = tempfile::Builder::new()
+            .prefix("firecrest-ci-it-remote-")
+            .tempdir()
+            .expect("remote base");
+        // Slurm may run the job as another user than the test; let it in.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(remote.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        self.set("FIRECREST_REMOTE_DIR", remote.path().display().to_string());
+        self.remote = Some(remote);
+        self
+    }
+
+    /// The base for run directories; panics unless the test set one.
+    pub fn remote_dir(&self) -> &Path {
+        self.remote.as_ref().expect("no remote dir set").path()
+    }
+
+    /// What runs left in the base for run directories (nothing, after a
+    /// run that cleaned up).
+    pub fn left_behind(&self) -> Vec<PathBuf> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(self.remote_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    /// True when the output file of a run in the remote base contains
+    /// `needle`: the job got that far.
+    pub fn job_output_contains(&self, needle: &str) -> bool {
+        self.left_behind().iter().any(|dir| {
+            std::fs::read(dir.join("job.out"))
+                .map(|out| String::from_utf8_lossy(&out).contains(needle))
+                .unwrap_or(false)
+        })
     }
 
     pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
@@ -115,6 +175,16 @@ impl Setup {
     /// Runs the tool to its end, bounded by `limit`.
     pub fn run(&self, limit: Duration) -> Outcome {
         let child = self.command().spawn().expect("spawn firecrest-ci");
+        wait(child, limit, Instant::now())
+    }
+
+    /// Runs the tool with command-line arguments, bounded by `limit`.
+    pub fn run_with_args(&self, args: &[&str], limit: Duration) -> Outcome {
+        let child = self
+            .command()
+            .args(args)
+            .spawn()
+            .expect("spawn firecrest-ci");
         wait(child, limit, Instant::now())
     }
 
@@ -179,4 +249,100 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// The lines of `text` that start with `prefix`, in order.
 pub fn lines_with<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
     text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// The "Code" cell of the README's exit-code table row whose "Meaning" is
+/// `meaning`, e.g. `"0"` for "success" or `"128+S"` for "killed by signal S".
+pub fn readme_code(meaning: &str) -> String {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("\n## Exit codes\n")
+        .nth(1)
+        .expect("README has an \"## Exit codes\" section");
+    let section = section.split("\n## ").next().unwrap();
+    let rows: Vec<Vec<String>> = section
+        .lines()
+        .filter(|l| l.starts_with('|') && !l.starts_with("|--") && !l.starts_with("| Code"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect();
+    let found: Vec<&Vec<String>> = rows.iter().filter(|r| r[1] == meaning).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "the README exit-code table has no single row meaning {meaning:?}: {rows:?}"
+    );
+    found[0][0].clone()
+}
+
+/// The README's exit code for `meaning`, for rows with a fixed number.
+pub fn readme_exit_code(meaning: &str) -> i32 {
+    let cell = readme_code(meaning);
+    cell.parse()
+        .unwrap_or_else(|_| panic!("README row {meaning:?} has no fixed code: {cell:?}"))
+}
+
+/// A job name no other test (or earlier run) uses, for `squeue -n`.
+pub fn unique_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "fcit-{tag}-{}-{}-{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Live (not zombie) processes whose environment holds
+/// `SLURM_JOB_NAME=<job_name>` (every process of a job, local or Slurm, on
+/// this machine) or whose command line contains `marker`.
+pub fn job_processes(job_name: &str, marker: &str) -> Vec<i32> {
+    assert!(!job_name.is_empty() && !marker.is_empty());
+    let env_entry = format!("SLURM_JOB_NAME={job_name}");
+    let mut found = Vec::new();
+    let me = std::process::id() as i32;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let dir = entry.path();
+        let zombie = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if zombie {
+            continue;
+        }
+        let parts = |file: &str| std::fs::read(dir.join(file)).unwrap_or_default();
+        let environ = parts("environ");
+        let cmdline = parts("cmdline");
+        let in_job = environ
+            .split(|b| *b == 0)
+            .any(|part| part == env_entry.as_bytes());
+        let marked = cmdline
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes());
+        if in_job || marked {
+            found.push(pid);
+        }
+    }
+    found
 }

@@ -1,8 +1,11 @@
 //! Integration tests: the real firecrest-ci code against a stateful FirecREST
-//! double (`fake`), which has self-tests of its own in `fake_selftest`.
+//! double (`fake`), which has self-tests of its own in `fake_selftest`;
+//! whole runs through the `local` backend (`local`) and a real Slurm (`slurm`).
 
 mod bench;
 mod fake;
 mod fake_selftest;
 mod harness;
 mod lifecycle;
+mod local;
+mod slurm;

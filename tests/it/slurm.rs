@@ -1,0 +1,376 @@
+//! Whole runs of the real binary through the `slurm` backend against a real
+//! Slurm (`.ci/slurm-up` starts a one-node cluster): each row of the README's
+//! exit-code table a batch job can reach, exact streaming of multi-byte
+//! output, cancellation from the cluster's side and by CI, and that no job,
+//! job process or run directory is left afterwards.
+//!
+//! Without a usable Slurm every test prints `SKIPPED: <test>: ...` to stderr
+//! (past libtest's capture, so it shows) and returns.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use firecrest_ci::outcome::codes;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::{
+    job_processes, readme_code, readme_exit_code, unique_name, wait, wait_until, Outcome, Setup,
+};
+
+/// Generous bound for a short job: the node is shared with other tests.
+const LIMIT: Duration = Duration::from_secs(150);
+
+/// Why Slurm cannot be used here, or `None` when `sinfo` shows a usable
+/// node. Asked once: a dead slurmctld makes `sinfo` wait for its timeout.
+fn slurm_unavailable() -> Option<String> {
+    static ANSWER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ANSWER
+        .get_or_init(|| {
+            let out = Command::new("timeout")
+                .args(["10", "sinfo", "-h", "-o", "%T"])
+                .output();
+            match out {
+                Err(err) => Some(format!("cannot run sinfo: {err}")),
+                Ok(out) if !out.status.success() => Some(format!(
+                    "sinfo failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Ok(out) => {
+                    let states = String::from_utf8_lossy(&out.stdout).to_string();
+                    let usable = states
+                        .lines()
+                        .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated"));
+                    (!usable).then(|| format!("no idle node (sinfo: {:?})", states.trim()))
+                }
+            }
+        })
+        .clone()
+}
+
+/// True (after printing why) when the test cannot run here.
+fn skipped(test: &str) -> bool {
+    match slurm_unavailable() {
+        Some(reason) => {
+            // Straight to stderr: libtest captures eprintln! of passing tests.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: slurm::{test}: no Slurm ({reason}); start it with .ci/slurm-up"
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+/// A run through Slurm with a unique job name; returns the setup and the name.
+fn setup(tag: &str, run: &str) -> (Setup, String) {
+    let name = unique_name(tag);
+    let mut setup = Setup::slurm(run);
+    setup.set("FIRECREST_JOB_NAME", name.clone());
+    (setup, name)
+}
+
+/// `squeue` lines for jobs named `name` (pending, running or completing).
+fn queued(name: &str) -> Vec<String> {
+    let out = Command::new("squeue")
+        .args(["-h", "-n", name, "-o", "%i %T"])
+        .output()
+        .expect("run squeue");
+    assert!(
+        out.status.success(),
+        "squeue failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Slurm's state of the job named `name`, as `scontrol` still knows it.
+fn final_state(name: &str) -> String {
+    let out = Command::new("scontrol")
+        .args(["show", "job", "-o"])
+        .output()
+        .expect("run scontrol");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!(" JobName={name} ")))
+        .unwrap_or_else(|| panic!("scontrol does not know job {name}"));
+    line.split(' ')
+        .find_map(|w| w.strip_prefix("JobState="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// No job of that name in `squeue`, no process of it on this machine, and
+/// nothing left in the base for run directories.
+fn assert_nothing_left(setup: &Setup, name: &str) {
+    assert!(
+        wait_until(Duration::from_secs(30), || queued(name).is_empty()),
+        "job {name} is still in squeue: {:?}",
+        queued(name)
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || job_processes(name, name)
+            .is_empty()),
+        "processes of job {name} are still running: {:?}",
+        job_processes(name, name)
+    );
+    assert_eq!(setup.left_behind(), Vec::<std::path::PathBuf>::new());
+}
+
+/// The job's own output: the lines between the prologue's "workspace ready"
+/// and the "commands exited" line the batch script prints.
+fn job_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .skip_while(|l| !l.starts_with("firecrest-ci: workspace ready"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("firecrest-ci: commands exited"))
+        .collect()
+}
+
+fn log_file(setup: &Setup) -> String {
+    std::fs::read_to_string(setup.path().join("firecrest-ci.log")).expect("the local log file")
+}
+
+/// The tool's one-line final report.
+fn report(outcome: &Outcome) -> &str {
+    outcome
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("firecrest-ci: job ") && l.contains(": exit code "))
+        .unwrap_or_else(|| panic!("no final report line\n{}", outcome.both()))
+}
+
+/// Starts the tool and returns once the job printed `marker`.
+fn spawn_until_started(setup: &Setup, marker: &str) -> (std::process::Child, Instant) {
+    let started = Instant::now();
+    let child = setup.spawn();
+    let running = wait_until(LIMIT, || setup.job_output_contains(marker));
+    assert!(running, "the job never printed {marker:?}");
+    (child, started)
+}
+
+#[test]
+fn exit_zero_streams_the_output_writes_the_log_and_cleans_up() {
+    if skipped("exit_zero_streams_the_output_writes_the_log_and_cleans_up") {
+        return;
+    }
+    let (setup, name) = setup(
+        "ok",
+        "echo first line from the job\ncat hello.txt\necho to-stderr >&2",
+    );
+    let out = setup.run(LIMIT);
+    assert_eq!(readme_exit_code("success"), codes::SUCCESS);
+    assert_eq!(out.code, codes::SUCCESS, "{}", out.both());
+    let expected = [
+        "first line from the job",
+        "hello from the workspace",
+        "to-stderr",
+    ];
+    assert_eq!(job_lines(&out.stdout), expected, "{}", out.both());
+    assert_eq!(job_lines(&log_file(&setup)), expected);
+    assert!(report(&out).contains("COMPLETED"), "{}", report(&out));
+    assert_nothing_left(&setup, &name);
+}
+
+#[test]
+fn exit_three_passes_the_code_through() {
+    if skipped("exit_three_passes_the_code_through") {
+        return;
+    }
+    let (setup, name) = setup("rc3", "echo before\nexit 3\necho never");
+    let out = setup.run(LIMIT);
+    assert_eq!(readme_code("the commands' own exit code"), "N");
+    assert_eq!(out.code, 3, "{}", out.both());
+    assert_eq!(job_lines(&out.stdout), ["before"], "{}", out.both());
+    assert!(report(&out).contains("FAILED"), "{}", report(&out));
+    assert_eq!(final_state(&name), "FAILED");
+    assert_nothing_left(&setup, &name);
+}
+
+#[test]
+fn exit_five_still_brings_the_artifacts_back() {
+    if skipped("exit_five_still_brings_the_artifacts_back") {
+        return;
+    }
+    let (mut setup, name) = setup(
+        "rc5",
+        "mkdir -p out/sub\necho result-data > out/result.txt\nprintf 'grüße ✓\\n' > out/sub/ü.txt\nexit 5",
+    );
+    setup.set("FIRECREST_ARTIFACTS", "out/");
+    let out = setup.run(LIMIT);
+    assert_eq!(readme_code("the commands' own exit code"), "N");
+    assert_eq!(out.code, 5, "{}", out.both());
+    let back = setup.path().join("out");
+    assert_eq!(
+        std::fs::read_to_string(back.join("result.txt")).unwrap(),
+        "result-data\n",
+        "{}",
+        out.both()
+    );
+    assert_eq!(
+        std::fs::read_to_string(back.join("sub/ü.txt")).unwrap(),
+        "grüße ✓\n"
+    );
+    assert_nothing_left(&setup, &name);
+}
+
+#[test]
+fn killed_by_a_signal_gives_128_plus_the_signal() {
+    if skipped("killed_by_a_signal_gives_128_plus_the_signal") {
+        return;
+    }
+    // `$$` is the batch shell; the commands run in a subshell of it
+    // ($BASHPID), which goes too: with the test cluster's
+    // proctrack/linuxproc, slurmstepd does not find an orphaned subshell,
+    // which would live on after the job ended.
+    let (setup, name) = setup(
+        "kill9",
+        "echo before-kill\nkill -9 $$ $BASHPID\nsleep 20\necho never",
+    );
+    let out = setup.run(LIMIT);
+    assert_eq!(readme_code("killed by signal S"), "128+S");
+    assert_eq!(out.code, 128 + 9, "{}", out.both());
+    assert!(out.stdout.contains("before-kill"), "{}", out.both());
+    assert!(!out.stdout.contains("never"), "{}", out.both());
+    assert_nothing_left(&setup, &name);
+}
+
+#[test]
+fn time_limit_gives_124() {
+    if skipped("time_limit_gives_124") {
+        return;
+    }
+    let (mut setup, name) = setup("timeout", "echo started\nsleep 600\necho never");
+    setup.set("FIRECREST_TIME_LIMIT", "1");
+    let out = setup.run(Duration::from_secs(300));
+    assert_eq!(readme_exit_code("job time limit"), codes::TIMEOUT);
+    assert_eq!(out.code, codes::TIMEOUT, "{}", out.both());
+    assert!(out.elapsed >= Duration::from_secs(55), "{:?}", out.elapsed);
+    assert_eq!(job_lines(&out.stdout).first(), Some(&"started"));
+    assert!(!out.stdout.contains("never"), "{}", out.both());
+    assert_eq!(final_state(&name), "TIMEOUT");
+    assert_nothing_left(&setup, &name);
+}
+
+#[test]
+fn scancel_on_the_cluster_gives_120() {
+    if skipped("scancel_on_the_cluster_gives_120") {
+        return;
+    }
+    let (setup, name) = setup("scancel", "echo fcit-running\nsleep 300\necho never");
+    let (child, started) = spawn_until_started(&setup, "fcit-running");
+    let cancel = Command::new("scancel")
+        .args(["-n", &name])
+        .output()
+        .expect("run scancel");
+    assert!(cancel.status.success(), "{cancel:?}");
+    let out = wait(child, LIMIT, started);
+    assert_eq!(
+        readme_exit_code("cancelled on the cluster"),
+        codes::CANCELLED_ON_CLUSTER
+    );
+    assert_eq!(out.code, codes::CANCELLED_ON_CLUSTER, "{}", out.both());
+    assert!(!out.stdout.contains("never"), "{}", out.both());
+    assert!(final_state(&name).starts_with("CANCELLED"));
+    assert_nothing_left(&setup, &name);
+}
+
+#[test]
+fn sigterm_to_the_tool_cancels_the_job_and_gives_143() {
+    if skipped("sigterm_to_the_tool_cancels_the_job_and_gives_143") {
+        return;
+    }
+    let (setup, name) = setup("sigterm", "echo fcit-running\nsleep 300\necho never");
+    let (child, _) = spawn_until_started(&setup, "fcit-running");
+    assert_eq!(queued(&name).len(), 1, "the job should be running");
+    let signalled = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = wait(child, Duration::from_secs(20), signalled);
+    assert_eq!(
+        readme_exit_code("cancelled by CI (SIGTERM)"),
+        codes::CI_SIGTERM
+    );
+    assert_eq!(out.code, codes::CI_SIGTERM, "{}", out.both());
+    assert!(
+        out.elapsed < Duration::from_millis(7500),
+        "took {:?} after SIGTERM\n{}",
+        out.elapsed,
+        out.both()
+    );
+    // The tool waits (briefly) for the cancelled job to stop before it exits.
+    assert!(
+        wait_until(Duration::from_secs(3), || queued(&name).is_empty()),
+        "job {name} still queued after the tool exited: {:?}",
+        queued(&name)
+    );
+    assert!(final_state(&name).starts_with("CANCELLED"));
+    // The job had stopped before the last read: its epilogue's line shows.
+    assert!(
+        out.stdout.contains("firecrest-ci: stopped by SIGTERM"),
+        "{}",
+        out.both()
+    );
+    assert_nothing_left(&setup, &name);
+}
+
+/// Writes characters of 2, 3 and 4 bytes split across writes a second apart,
+/// so the tool's reads land inside them.
+pub const SPLIT_WRITER: &str = r"printf 'A1 h\xc3'; sleep 1.2
+printf '\xa9llo w\xc3\xb6rld \xe2'; sleep 1.2
+printf '\x9c\x93 \xe6\x97'; sleep 1.2
+printf '\xa5\xe6\x9c\xac\xe8\xaa\x9e \xf0\x9f'; sleep 1.2
+printf '\x9a\x80\n'
+echo 'B2 Grüße, こんにちは, 👋'
+printf 'C3 no newline at the end: ✓'";
+
+/// What [`SPLIT_WRITER`] prints, line by line.
+pub const SPLIT_EXPECTED: [&str; 3] = [
+    "A1 héllo wörld ✓ 日本語 🚀",
+    "B2 Grüße, こんにちは, 👋",
+    "C3 no newline at the end: ✓",
+];
+
+/// The job's output between the prologue's and the epilogue's lines is
+/// exactly [`SPLIT_EXPECTED`], in the CI log and in the local log file, each
+/// line once (the last one, without a newline, runs into the epilogue's).
+pub fn assert_streamed_once_in_order(out: &Outcome, log: &str) {
+    for text in [out.stdout.as_str(), log] {
+        assert!(
+            !text.contains('\u{fffd}'),
+            "a character was mangled\n{text}"
+        );
+        let start = text
+            .find("firecrest-ci: workspace ready")
+            .expect("prologue line");
+        let body = &text[start..];
+        let body = &body[body.find('\n').unwrap() + 1..];
+        let end = body
+            .find("firecrest-ci: commands exited")
+            .expect("end line");
+        let body = body[..end].trim_end_matches('\n');
+        assert_eq!(body.lines().collect::<Vec<_>>(), SPLIT_EXPECTED, "{text}");
+        for line in SPLIT_EXPECTED {
+            assert_eq!(text.matches(line).count(), 1, "{line:?} not once\n{text}");
+        }
+    }
+}
+
+#[test]
+fn multibyte_output_split_across_writes_streams_exactly_once() {
+    if skipped("multibyte_output_split_across_writes_streams_exactly_once") {
+        return;
+    }
+    let (mut setup, name) = setup("utf8", SPLIT_WRITER);
+    setup.set("FIRECREST_LOG_INTERVAL", "300ms");
+    let out = setup.run(LIMIT);
+    assert_eq!(readme_exit_code("success"), codes::SUCCESS);
+    assert_eq!(out.code, codes::SUCCESS, "{}", out.both());
+    assert_streamed_once_in_order(&out, &log_file(&setup));
+    assert_nothing_left(&setup, &name);
+}
