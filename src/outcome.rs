@@ -382,6 +382,11 @@ pub fn exit_code_for_error(err: &anyhow::Error) -> i32 {
                 return codes::UNAVAILABLE;
             }
         }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::PermissionDenied {
+                return codes::NOPERM;
+            }
+        }
         if let Some(http) = cause.downcast_ref::<reqwest::Error>() {
             if http.is_connect() || http.is_timeout() {
                 return codes::UNAVAILABLE;

@@ -173,12 +173,8 @@ async fn pack_workspace(config: &Config, ci: &Ci, archive: &Path) -> Result<Pack
         .await
         .context("the packing task failed")?;
     ci.group_end("pack");
-    let report = report.with_context(|| {
-        format!(
-            "failed to pack the workspace {}",
-            config.workspace.display()
-        )
-    })?;
+    // workspace::pack names the workspace and the file in its errors.
+    let report = report?;
     tracing::info!("{}", describe_pack(&report));
     Ok(report)
 }

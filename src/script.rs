@@ -592,7 +592,7 @@ else
   tar -xzf "$_fci_archive" -C "$_fci_workspace" || _fci_fail "cannot extract the workspace archive (see tar's message above)"
   : > "$_fci_marker"
   rm -f -- "$_fci_archive"
-  _fci_files=$(find "$_fci_workspace" -type f | wc -l)
+  _fci_files=$(find "$_fci_workspace" -type f -print0 | tr -cd '\0' | wc -c)
   _fci_say "workspace ready ($((_fci_files)) files)"
 fi
 cd -- "$_fci_workspace" || _fci_fail "cannot enter $_fci_run_dir/$_fci_workspace"
