@@ -523,14 +523,23 @@ impl Client {
         Ok(self.json::<JobsResponse>(call).await?.jobs)
     }
 
-    /// One job; `None` while the scheduler does not know it (404).
+    /// One job; `None` while the scheduler does not know it (404). A reply
+    /// without a state is an error, not an unknown state to wait on.
     pub async fn job(&self, job_id: &str) -> Result<Option<Job>> {
         let call = Call::new(Method::GET, vec!["compute", self.system(), "jobs", job_id]);
+        let label = format!("{} {}", call.method, call.path());
         match self.json::<JobsResponse>(call).await {
             Ok(reply) => {
                 let mut jobs = reply.jobs;
                 let index = jobs.iter().position(|j| j.job_id == job_id).unwrap_or(0);
-                Ok((!jobs.is_empty()).then(|| jobs.swap_remove(index)))
+                let job = (!jobs.is_empty()).then(|| jobs.swap_remove(index));
+                if job
+                    .as_ref()
+                    .is_some_and(|j| j.status.state.trim().is_empty())
+                {
+                    anyhow::bail!("{label}: the reply has no job state");
+                }
+                Ok(job)
             }
             Err(err) if ApiError::find(&err).is_some_and(ApiError::is_not_found) => Ok(None),
             Err(err) => Err(err),
