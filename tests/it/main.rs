@@ -3,5 +3,6 @@
 
 mod fake;
 mod fake_selftest;
+mod faults;
 mod harness;
 mod lifecycle;
