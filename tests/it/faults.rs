@@ -11,7 +11,7 @@
 //! `cargo test --test it faults -- --nocapture --test-threads=16` (and the
 //! tool's own log with `FAULTS_SHOW_STDERR=1`).
 //! The long cases (2.5 and 3 minutes) only wait, so run the module with
-//! many test threads: with `--test-threads=16` it takes about 3.5 minutes on
+//! many test threads: with `--test-threads=16` it takes about 3 minutes on
 //! 2 cores; with the default (one thread per core) about twice that.
 
 use std::time::{Duration, Instant};
