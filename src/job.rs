@@ -11,7 +11,8 @@
 //! Polling adapts: output is read every `log_interval` while it flows and
 //! backs off (doubling, up to `log_max_interval`) while it does not; the job
 //! state is read every `state_interval`, sooner right after submission and as
-//! soon as the batch script reports that the user's commands ended.
+//! soon as the batch script reports that the user's commands ended (then
+//! after 1, 2, 4, ... seconds, up to `state_interval` again).
 
 use std::io::Write;
 use std::time::Duration;
@@ -157,6 +158,8 @@ impl<'a> Watcher<'a> {
         let mut warned_unknown = false;
         let mut failing_since: Option<Instant> = None;
         let mut state_checks: u32 = 0;
+        // State reads since the batch script said the commands ended.
+        let mut checks_since_end: Option<u32> = None;
         let mut log_interval = self.settings.log_interval;
         let mut next_state = started + Duration::from_secs(1);
         let mut next_log = started + self.settings.log_interval;
@@ -192,7 +195,8 @@ impl<'a> Watcher<'a> {
                     (log_interval * 2).min(self.settings.log_max_interval)
                 };
                 next_log = Instant::now() + log_interval;
-                if self.end_hint {
+                if self.end_hint && checks_since_end.is_none() {
+                    checks_since_end = Some(0);
                     next_state = next_state.min(Instant::now());
                 }
             }
@@ -259,8 +263,13 @@ impl<'a> Watcher<'a> {
                     // 1, 2, 4, ... seconds while the scheduler may not know it yet.
                     Duration::from_secs(1u64 << state_checks.min(4))
                         .min(self.settings.state_interval)
-                } else if self.end_hint {
-                    Duration::from_secs(1)
+                } else if let Some(checks) = checks_since_end.as_mut() {
+                    // The job should end any moment: 1, 2, 4, ... seconds, so
+                    // a state that lingers (a slow epilog, a state this tool
+                    // does not know) does not cost a request a second.
+                    *checks += 1;
+                    Duration::from_secs(1u64 << (*checks - 1).min(4))
+                        .min(self.settings.state_interval)
                 } else {
                     self.settings.state_interval
                 };

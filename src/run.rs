@@ -160,7 +160,7 @@ impl Remote<'_> {
 
 /// How watching ended, with what the rest of the pipeline needs.
 enum Ended {
-    Finished(Outcome, JobStatus),
+    Finished(Outcome, Box<JobStatus>),
     Stopped(i32),
     Deadline,
 }
@@ -334,9 +334,10 @@ async fn watch_job(
     ci.group_start("job-output", &format!("Output of job {job}"));
     let end = watcher.watch(job, stop, deadline).await;
     let ended = match end {
-        Ok(WatchEnd::Finished(status)) => {
-            Ok(Ended::Finished(outcome::outcome_for(&status), status))
-        }
+        Ok(WatchEnd::Finished(status)) => Ok(Ended::Finished(
+            outcome::outcome_for(&status),
+            Box::new(status),
+        )),
         Ok(WatchEnd::Stopped(signal)) => {
             tracing::warn!("cancelling job {job}: CI stopped the run");
             cancel_all(remote.backend, job, staged, STOP_CANCEL_BUDGET).await;

@@ -121,6 +121,13 @@ impl ApiError {
     }
 }
 
+/// A submit answered with success but no readable job id: the job was
+/// probably created, so it is looked up by name rather than given up on
+/// (which would leave it running) or blindly submitted again.
+#[derive(Debug, thiserror::Error)]
+#[error("the job was accepted but its id could not be read")]
+struct UnreadableSubmitReply(#[source] Option<serde_json::Error>);
+
 /// Body of a small upload: bytes in memory or a file read for each attempt.
 #[derive(Debug, Clone)]
 pub enum UploadSource {
@@ -442,8 +449,11 @@ impl Client {
                 Err(err) => err,
             };
             // Unsent failures were already retried by `send` until its
-            // budget ran out; only an ambiguous failure is looked into here.
-            if !retry::is_transient(&err) || retry::is_unsent(&err) {
+            // budget ran out; only an ambiguous failure is looked into here:
+            // a lost reply, or a success reply that cannot be read (the job
+            // exists, but its id is unknown).
+            let unreadable = err.chain().any(|c| c.is::<UnreadableSubmitReply>());
+            if !unreadable && (!retry::is_transient(&err) || retry::is_unsent(&err)) {
                 return Err(err);
             }
             let retry_after = ApiError::find(&err).and_then(|e| e.retry_after);
@@ -486,12 +496,15 @@ impl Client {
         let call = Call::new(Method::POST, vec!["compute", self.system(), "jobs"])
             .json(body)
             .resend(Resend::OnlyIfUnsent);
-        let reply: SubmitResponse = self.json(call).await?;
-        anyhow::ensure!(
-            !reply.job_id.is_empty(),
-            "the submit reply carries no job id"
-        );
-        Ok(reply.job_id)
+        let label = format!("{} {}", call.method, call.path());
+        let reply = self.send(call).await?;
+        match serde_json::from_slice::<SubmitResponse>(&reply.body) {
+            Ok(reply) if !reply.job_id.is_empty() => Ok(reply.job_id),
+            Ok(_) => Err(anyhow::Error::new(UnreadableSubmitReply(None))
+                .context(format!("{label}: the reply carries no job id"))),
+            Err(err) => Err(anyhow::Error::new(UnreadableSubmitReply(Some(err)))
+                .context(format!("{label}: the reply is not the JSON expected"))),
+        }
     }
 
     /// The newest of the user's jobs named `name`, if any.
@@ -513,14 +526,23 @@ impl Client {
         Ok(self.json::<JobsResponse>(call).await?.jobs)
     }
 
-    /// One job; `None` while the scheduler does not know it (404).
+    /// One job; `None` while the scheduler does not know it (404). A reply
+    /// without a state is an error, not an unknown state to wait on.
     pub async fn job(&self, job_id: &str) -> Result<Option<Job>> {
         let call = Call::new(Method::GET, vec!["compute", self.system(), "jobs", job_id]);
+        let label = format!("{} {}", call.method, call.path());
         match self.json::<JobsResponse>(call).await {
             Ok(reply) => {
                 let mut jobs = reply.jobs;
                 let index = jobs.iter().position(|j| j.job_id == job_id).unwrap_or(0);
-                Ok((!jobs.is_empty()).then(|| jobs.swap_remove(index)))
+                let job = (!jobs.is_empty()).then(|| jobs.swap_remove(index));
+                if job
+                    .as_ref()
+                    .is_some_and(|j| j.status.state.trim().is_empty())
+                {
+                    anyhow::bail!("{label}: the reply has no job state");
+                }
+                Ok(job)
             }
             Err(err) if ApiError::find(&err).is_some_and(ApiError::is_not_found) => Ok(None),
             Err(err) => Err(err),

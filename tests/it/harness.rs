@@ -346,3 +346,34 @@ pub fn job_processes(job_name: &str, marker: &str) -> Vec<i32> {
     }
     found
 }
+
+/// [`wait`], also sampling the child's peak resident memory (`VmHWM`, KiB)
+/// from `/proc` until it exits; 0 when it could not be read.
+pub fn wait_sampling_peak_rss(child: Child, limit: Duration, started: Instant) -> (Outcome, u64) {
+    let status_file = format!("/proc/{}/status", child.id());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                // Once the process is a zombie, VmHWM disappears: keep the last value.
+                if let Ok(text) = std::fs::read_to_string(&status_file) {
+                    let hwm = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+                    if let Some(hwm) = hwm {
+                        peak = peak.max(hwm);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let out = wait(child, limit, started);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let peak = sampler.join().unwrap_or(0);
+    (out, peak)
+}

@@ -199,7 +199,7 @@ fn a_burst_above_the_size_limit_is_read_in_pieces() {
 #[test]
 fn output_written_after_the_final_state_is_still_shown() {
     let fake = FakeFirecrest::start();
-    let commands = "echo main part\nsetsid bash -c 'sleep 1; echo late line >> ../job.out' < /dev/null > /dev/null 2>&1 &";
+    let commands = "echo main part\nsetsid bash -c 'sleep 0.5; echo late line >> ../job.out' < /dev/null > /dev/null 2>&1 &";
     let out = run(&fake, "late-output", commands);
     assert_eq!(out.code, 0, "{}", out.both());
     assert_eq!(out.stdout.matches("late line").count(), 1, "{}", out.both());

@@ -5,6 +5,7 @@
 mod bench;
 mod fake;
 mod fake_selftest;
+mod faults;
 mod harness;
 mod lifecycle;
 mod local;
