@@ -153,27 +153,44 @@ impl<'a> Watcher<'a> {
         deadline: Option<Instant>,
     ) -> Result<WatchEnd> {
         let started = Instant::now();
-        let mut seen = false;
-        let mut shown: Option<(String, Option<String>)> = None;
-        let mut warned_unknown = false;
-        let mut failing_since: Option<Instant> = None;
-        let mut state_checks: u32 = 0;
-        // State reads since the batch script said the commands ended.
-        let mut checks_since_end: Option<u32> = None;
+        let mut tracker = StateTracker::default();
         let mut log_interval = self.settings.log_interval;
         let mut next_state = started + Duration::from_secs(1);
         let mut next_log = started + self.settings.log_interval;
+        // A state read runs beside the output reads: one stuck in retries
+        // must not hold the output back.
+        let backend = self.backend;
+        let mut in_flight: Option<StateRead<'a>> = None;
 
         loop {
             if let Some(signal) = *stop.borrow() {
                 return Ok(WatchEnd::Stopped(signal));
             }
-            let mut wake = next_state.min(next_log);
+            if in_flight.is_none() && Instant::now() >= next_state {
+                tracker.checks += 1;
+                self.stats.state_reads += 1;
+                let id = job.clone();
+                in_flight = Some(Box::pin(async move { backend.job_status(&id).await }));
+            }
+            let mut wake = next_log;
+            if in_flight.is_none() {
+                wake = wake.min(next_state);
+            }
             if let Some(deadline) = deadline {
                 wake = wake.min(deadline);
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
+                result = async { in_flight.as_mut().expect("guarded by the branch condition").await },
+                    if in_flight.is_some() =>
+                {
+                    in_flight = None;
+                    if let Some(status) = self.on_state(job, &mut tracker, started, result)? {
+                        self.drain().await?;
+                        return Ok(WatchEnd::Finished(status));
+                    }
+                    next_state = Instant::now() + tracker.next_interval(&self.settings);
+                }
                 changed = stop.changed() => {
                     if changed.is_ok() {
                         if let Some(signal) = *stop.borrow() {
@@ -182,12 +199,11 @@ impl<'a> Watcher<'a> {
                     }
                 }
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(WatchEnd::DeadlineReached);
             }
 
-            if now >= next_log {
+            if Instant::now() >= next_log {
                 let got = self.read_all_once(false).await?;
                 log_interval = if got > 0 {
                     self.settings.log_interval
@@ -195,85 +211,74 @@ impl<'a> Watcher<'a> {
                     (log_interval * 2).min(self.settings.log_max_interval)
                 };
                 next_log = Instant::now() + log_interval;
-                if self.end_hint && checks_since_end.is_none() {
-                    checks_since_end = Some(0);
+                if self.end_hint && tracker.since_end.is_none() {
+                    tracker.since_end = Some(0);
                     next_state = next_state.min(Instant::now());
                 }
             }
+        }
+    }
 
-            if Instant::now() >= next_state {
-                state_checks += 1;
-                self.stats.state_reads += 1;
-                match self.backend.job_status(job).await {
-                    Ok(None) => {
-                        failing_since = None;
-                        if !seen && started.elapsed() > self.settings.submit_grace {
-                            bail!(
-                                "job {job} was accepted but the scheduler has not shown it for {}s; \
-                                 check the cluster's queue, or raise submit-grace (FIRECREST_SUBMIT_GRACE)",
-                                self.settings.submit_grace.as_secs()
-                            );
-                        }
-                        if seen {
-                            tracing::debug!(%job, "the scheduler does not show the job right now");
-                        }
-                    }
-                    Ok(Some(status)) => {
-                        failing_since = None;
-                        seen = true;
-                        let state = SlurmState::parse(&status.state);
-                        if let SlurmState::Unknown(raw) = &state {
-                            if !warned_unknown {
-                                tracing::warn!(%job, state = %raw, "unknown job state; still watching");
-                                warned_unknown = true;
-                            }
-                        }
-                        let key = (format!("{state:?}"), status.reason.clone());
-                        if shown.as_ref() != Some(&key) {
-                            announce(job, &state, &status);
-                            shown = Some(key);
-                        }
-                        if state == SlurmState::Pending
-                            && status.reason.as_deref() == Some("DependencyNeverSatisfied")
-                        {
-                            bail!(
-                                "job {job} waits for a transfer job that failed (DependencyNeverSatisfied): \
-                                 the workspace did not reach the cluster"
-                            );
-                        }
-                        if state.is_final() {
-                            self.drain().await?;
-                            return Ok(WatchEnd::Finished(status));
-                        }
-                    }
-                    Err(err) => {
-                        let since = *failing_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > self.settings.error_budget {
-                            return Err(err).with_context(|| {
-                                format!(
-                                    "could not read the state of job {job} for {}s",
-                                    self.settings.error_budget.as_secs()
-                                )
-                            });
-                        }
-                        tracing::warn!(%job, "could not read the job state, will retry: {err:#}");
+    /// Takes one state read into account; the final status when the job ended.
+    fn on_state(
+        &mut self,
+        job: &JobId,
+        tracker: &mut StateTracker,
+        started: Instant,
+        result: Result<Option<JobStatus>>,
+    ) -> Result<Option<JobStatus>> {
+        match result {
+            Ok(None) => {
+                tracker.failing_since = None;
+                if !tracker.seen && started.elapsed() > self.settings.submit_grace {
+                    bail!(
+                        "job {job} was accepted but the scheduler has not shown it for {}s; \
+                         check the cluster's queue, or raise submit-grace (FIRECREST_SUBMIT_GRACE)",
+                        self.settings.submit_grace.as_secs()
+                    );
+                }
+                if tracker.seen {
+                    tracing::debug!(%job, "the scheduler does not show the job right now");
+                }
+                Ok(None)
+            }
+            Ok(Some(status)) => {
+                tracker.failing_since = None;
+                tracker.seen = true;
+                let state = SlurmState::parse(&status.state);
+                if let SlurmState::Unknown(raw) = &state {
+                    if !tracker.warned_unknown {
+                        tracing::warn!(%job, state = %raw, "unknown job state; still watching");
+                        tracker.warned_unknown = true;
                     }
                 }
-                let interval = if !seen {
-                    // 1, 2, 4, ... seconds while the scheduler may not know it yet.
-                    Duration::from_secs(1u64 << state_checks.min(4))
-                        .min(self.settings.state_interval)
-                } else if let Some(checks) = checks_since_end.as_mut() {
-                    // The job should end any moment: 1, 2, 4, ... seconds, so
-                    // a state that lingers (a slow epilog, a state this tool
-                    // does not know) does not cost a request a second.
-                    *checks += 1;
-                    Duration::from_secs(1u64 << (*checks - 1).min(4))
-                        .min(self.settings.state_interval)
-                } else {
-                    self.settings.state_interval
-                };
-                next_state = Instant::now() + interval;
+                let key = (format!("{state:?}"), status.reason.clone());
+                if tracker.shown.as_ref() != Some(&key) {
+                    announce(job, &state, &status);
+                    tracker.shown = Some(key);
+                }
+                if state == SlurmState::Pending
+                    && status.reason.as_deref() == Some("DependencyNeverSatisfied")
+                {
+                    bail!(
+                        "job {job} waits for a transfer job that failed (DependencyNeverSatisfied): \
+                         the workspace did not reach the cluster"
+                    );
+                }
+                Ok(state.is_final().then_some(status))
+            }
+            Err(err) => {
+                let since = *tracker.failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > self.settings.error_budget {
+                    return Err(err).with_context(|| {
+                        format!(
+                            "could not read the state of job {job} for {}s",
+                            self.settings.error_budget.as_secs()
+                        )
+                    });
+                }
+                tracing::warn!(%job, "could not read the job state, will retry: {err:#}");
+                Ok(None)
             }
         }
     }
@@ -382,6 +387,43 @@ impl<'a> Watcher<'a> {
             log.flush().context("failed to flush the local log file")?;
         }
         Ok(())
+    }
+}
+
+/// A job-state read in progress.
+type StateRead<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<JobStatus>>> + Send + 'a>>;
+
+/// What the watcher knows about the job's state between reads.
+#[derive(Debug, Default)]
+struct StateTracker {
+    /// The scheduler has shown the job at least once.
+    seen: bool,
+    /// The state and reason last announced.
+    shown: Option<(String, Option<String>)>,
+    warned_unknown: bool,
+    failing_since: Option<Instant>,
+    /// State reads so far.
+    checks: u32,
+    /// State reads since the batch script said the commands ended.
+    since_end: Option<u32>,
+}
+
+impl StateTracker {
+    /// When to read the state again.
+    fn next_interval(&mut self, settings: &WatchSettings) -> Duration {
+        if !self.seen {
+            // 1, 2, 4, ... seconds while the scheduler may not know it yet.
+            Duration::from_secs(1u64 << self.checks.min(4)).min(settings.state_interval)
+        } else if let Some(checks) = self.since_end.as_mut() {
+            // The job should end any moment: 1, 2, 4, ... seconds, so a state
+            // that lingers (a slow epilog, a state this tool does not know)
+            // does not cost a request a second.
+            *checks += 1;
+            Duration::from_secs(1u64 << (*checks - 1).min(4)).min(settings.state_interval)
+        } else {
+            settings.state_interval
+        }
     }
 }
 
