@@ -28,6 +28,9 @@ use crate::outcome::SlurmState;
 /// watcher reads the state at once instead of waiting for the next poll.
 pub const END_MARKER: &[u8] = b"firecrest-ci: commands exited with status";
 
+/// Output reads failing this long get a warning in the CI log.
+const READ_FAILURES_WORTH_A_WARNING: Duration = Duration::from_secs(30);
+
 /// Set once by the signal handler: the number of the first signal received.
 pub type StopSignal = watch::Receiver<Option<i32>>;
 
@@ -78,6 +81,8 @@ pub struct OutputFile {
     /// Bytes of the remote file already shown.
     pub offset: u64,
     decoder: Utf8Stream,
+    failing_since: Option<Instant>,
+    warned: bool,
 }
 
 impl OutputFile {
@@ -87,6 +92,8 @@ impl OutputFile {
             path: path.into(),
             offset: 0,
             decoder: Utf8Stream::default(),
+            failing_since: None,
+            warned: false,
         }
     }
 }
@@ -303,11 +310,22 @@ impl<'a> Watcher<'a> {
             Ok(chunk) => chunk,
             Err(err) => {
                 // A missed read only delays output: the next read starts at
-                // the same offset. The job state decides when to stop.
-                tracing::warn!("could not read the job output {path}, will retry: {err:#}");
+                // the same offset. The job state decides when to stop. One
+                // failure is noise in a CI log; failures that last are not.
+                let file = &mut self.files[index];
+                let since = *file.failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= READ_FAILURES_WORTH_A_WARNING && !file.warned {
+                    file.warned = true;
+                    tracing::warn!("could not read the job output {path} for a while, will keep trying: {err:#}");
+                } else {
+                    tracing::debug!("could not read the job output {path}, will retry: {err:#}");
+                }
                 return Ok(0);
             }
         };
+        let file = &mut self.files[index];
+        file.failing_since = None;
+        file.warned = false;
         if chunk.advance == 0 {
             return Ok(0);
         }
