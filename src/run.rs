@@ -102,7 +102,12 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
     };
     drop(scratch);
 
-    let spec = script_spec(&config, &run_dir, &staged, &pack);
+    let artifacts_part_size = if config.artifacts.is_empty() {
+        None
+    } else {
+        backend.artifacts_part_size().await?
+    };
+    let spec = script_spec(&config, &run_dir, &staged, &pack, artifacts_part_size);
     let script = script::render(&spec).context("failed to render the batch script")?;
     let job_spec = JobSpec {
         name: config.job_name.clone(),
@@ -246,6 +251,7 @@ fn script_spec(
     run_dir: &str,
     staged: &StagedWorkspace,
     pack: &PackReport,
+    artifacts_part_size: Option<u64>,
 ) -> ScriptSpec {
     let resources = &config.resources;
     ScriptSpec {
@@ -270,6 +276,7 @@ fn script_spec(
         },
         artifacts: config.artifacts.clone(),
         artifacts_archive: format!("{run_dir}/{ARTIFACTS_NAME}"),
+        artifacts_part_size,
     }
 }
 
@@ -632,7 +639,7 @@ async fn dry_run(config: &Config, ci: &Ci, run_name: &str) -> Result<i32> {
         parts: vec![ARCHIVE_NAME.to_string()],
         transfer_job: None,
     };
-    let script = script::render(&script_spec(config, &run_dir, &staged, &pack))
+    let script = script::render(&script_spec(config, &run_dir, &staged, &pack, None))
         .context("failed to render the batch script")?;
 
     let mut plan = String::new();

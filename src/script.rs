@@ -80,6 +80,10 @@ pub struct ScriptSpec {
     pub artifacts: Vec<String>,
     /// Absolute path of the artifacts archive the epilogue writes.
     pub artifacts_archive: String,
+    /// When set, an artifacts archive larger than this is also split into
+    /// `<archive>.part-00000`, ... of this size, for a server that can only
+    /// hand back small files.
+    pub artifacts_part_size: Option<u64>,
 }
 
 /// Renders the batch script, or says which value it refuses.
@@ -143,6 +147,12 @@ pub fn render(spec: &ScriptSpec) -> Result<String> {
         s,
         "_fci_artifacts_archive={}",
         sh_quote(&spec.artifacts_archive)
+    );
+    let _ = writeln!(
+        s,
+        "_fci_artifacts_part_size={}",
+        spec.artifacts_part_size
+            .map_or(String::new(), |n| n.to_string())
     );
     let _ = writeln!(s, "_fci_workspace={}", sh_quote(WORKSPACE_DIR));
     let _ = writeln!(s, "_fci_marker={}", sh_quote(EXTRACTED_MARKER));
@@ -529,6 +539,10 @@ _fci_pack_artifacts() {
     _fci_warn "could not pack the artifacts (tar exit status $_fci_rc)"
     return
   fi
+  if [ -n "$_fci_artifacts_part_size" ] && [ "$(wc -c < "$_fci_artifacts_archive")" -gt "$_fci_artifacts_part_size" ]; then
+    split -b "$_fci_artifacts_part_size" -d -a 5 -- "$_fci_artifacts_archive" "$_fci_artifacts_archive.part-" \
+      || _fci_warn "could not split the artifacts archive into parts"
+  fi
   if [ "${#_fci_keep[@]}" -eq 1 ]; then _fci_say "artifacts packed (1 path)"; else _fci_say "artifacts packed (${#_fci_keep[@]} paths)"; fi
 }
 
@@ -654,6 +668,7 @@ mod tests {
             command: Command::Inline("echo hi".into()),
             artifacts: vec![],
             artifacts_archive: format!("{run_dir}/artifacts.tar.gz"),
+            artifacts_part_size: None,
         }
     }
 

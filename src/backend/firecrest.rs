@@ -237,6 +237,41 @@ impl FirecrestBackend {
         })
     }
 
+    /// Reads a file too large for one download from the parts the job cut
+    /// it into, in order, checking that they add up to the whole.
+    async fn download_parts(
+        &self,
+        remote: &str,
+        size: u64,
+        facts: &SystemFacts,
+        file: &mut tokio::fs::File,
+    ) -> Result<()> {
+        let part_size = transfer::direct_download_limit(facts.max_ops_file_size);
+        let count = size.div_ceil(part_size.max(1));
+        let mut progress = Progress::new("download", Some(size), PROGRESS_EVERY);
+        let mut total = 0;
+        for index in 0..count as usize {
+            let part = transfer::part_name(remote, index);
+            let got = self
+                .client
+                .download_to(&part, file)
+                .await
+                .with_context(|| {
+                    format!(
+                        "{remote} is larger than the server returns at once and its part {part} \
+                     could not be read (the server has no S3 transfer)"
+                    )
+                })?;
+            total += got;
+            progress.advance(got);
+        }
+        progress.finish();
+        if total != size {
+            bail!("the parts of {remote} add up to {total} bytes, not {size}");
+        }
+        Ok(())
+    }
+
     /// Waits for a transfer job; its error log explains a failure.
     async fn wait_transfer(&self, job: &str, logs_error: &str) -> Result<()> {
         let started = std::time::Instant::now();
@@ -635,6 +670,12 @@ impl Backend for FirecrestBackend {
         self.client.cancel_job(&id.0).await
     }
 
+    async fn artifacts_part_size(&self) -> Result<Option<u64>> {
+        let facts = self.facts().await?;
+        // With S3, large files come back through a transfer job instead.
+        Ok((!facts.s3).then(|| transfer::direct_download_limit(facts.max_ops_file_size)))
+    }
+
     async fn download(&self, remote: &str, local: &Path) -> Result<bool> {
         let size = match self.client.stat(remote).await {
             Ok(stat) => stat.size,
@@ -650,14 +691,10 @@ impl Backend for FirecrestBackend {
             return Ok(true);
         }
         if !facts.s3 {
-            bail!(
-                "{remote} is {} and the server has no S3 transfer for files over {}; \
-                 bring back fewer or smaller artifacts",
-                crate::progress::format_bytes(size),
-                crate::progress::format_bytes(transfer::direct_download_limit(
-                    facts.max_ops_file_size
-                ))
-            );
+            return self
+                .download_parts(remote, size, &facts, &mut file)
+                .await
+                .map(|()| true);
         }
         let reply = self.client.transfer_download(remote).await?;
         let url = reply

@@ -114,7 +114,15 @@ pub trait Backend: Send + Sync {
     /// Cancels the job; a job that already ended counts as cancelled.
     async fn cancel(&self, id: &JobId) -> Result<()>;
 
+    /// The size of parts the job should also cut its artifacts archive
+    /// into, when this backend can only bring back small files whole.
+    async fn artifacts_part_size(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// Copies a remote file to `local`; `Ok(false)` when it does not exist.
+    /// A file larger than the backend can bring back whole is read from the
+    /// parts the job cut it into (see [`Backend::artifacts_part_size`]).
     async fn download(&self, remote: &str, local: &Path) -> Result<bool>;
 
     /// Removes a directory tree; a missing directory counts as removed.

@@ -392,3 +392,40 @@ fn a_long_job_costs_few_requests() {
     );
     assert!(per_minute < 80.0, "{per_minute:.0} requests per minute");
 }
+
+#[test]
+fn artifacts_too_large_for_one_download_come_back_in_parts_without_s3() {
+    let fake = FakeFirecrest::start();
+    fake.settings(|s| {
+        s.max_ops_file_size = 256 * 1024;
+        s.s3 = false;
+    });
+    // 600 kB of incompressible data: about four parts of the ~188 kB a
+    // download may return.
+    let mut setup = Setup::firecrest(
+        &fake,
+        "artifact-parts",
+        "mkdir -p out\nhead -c 600000 /dev/urandom > out/blob.bin\nsha256sum out/blob.bin",
+    );
+    setup.set("FIRECREST_ARTIFACTS", "out/");
+    let out = setup.run(LIMIT);
+    assert_eq!(out.code, 0, "{}", out.both());
+    let blob = std::fs::read(setup.path().join("out/blob.bin")).expect("artifact came back");
+    let sha = hex::encode(Sha256::digest(&blob));
+    assert!(
+        out.stdout.contains(&sha),
+        "same bytes as on the cluster\n{}",
+        out.both()
+    );
+    assert!(
+        fake.count(Route::OpsDownload) >= 4,
+        "downloads: {}",
+        fake.count(Route::OpsDownload)
+    );
+    assert_eq!(fake.count(Route::TransferDownload), 0);
+    assert!(
+        leftovers(&fake).is_empty(),
+        "left behind: {:?}",
+        leftovers(&fake)
+    );
+}

@@ -96,6 +96,8 @@ pub struct Settings {
     pub system: String,
     /// `dataOperation.max_ops_file_size`: the ops output and upload limit.
     pub max_ops_file_size: u64,
+    /// Whether `/status/systems` offers an S3 data transfer.
+    pub s3: bool,
     /// S3 `multipart.max_part_size`: decides how many part URLs an upload gets.
     pub max_part_size: u64,
     /// `expires_in` of issued tokens, in seconds.
@@ -123,6 +125,7 @@ impl Default for Settings {
         Settings {
             system: "daint".into(),
             max_ops_file_size: 5_242_880,
+            s3: true,
             max_part_size: 10_485_760,
             token_ttl: 300,
             min_token_ttl: 30,
@@ -442,13 +445,13 @@ impl Core {
             "dataOperation": {
                 "datatransfer_jobs_directives": ["#SBATCH --nodes=1", "#SBATCH --time=0-00:15:00"],
                 "max_ops_file_size": s.max_ops_file_size,
-                "data_transfer": {"serviceType": "s3", "name": "s3-fake", "privateUrl": "**********",
+                "data_transfer": if !s.s3 { Value::Null } else { json!({"serviceType": "s3", "name": "s3-fake", "privateUrl": "**********",
                                   "publicUrl": self.api_base.get().cloned().unwrap_or_default(),
                                   "accessKeyId": "**********", "secretAccessKey": "**********",
                                   "region": "us-east-1", "ttl": 86400, "tenant": null,
                                   "multipart": {"use_split": false, "max_part_size": s.max_part_size,
                                                 "parallel_runs": 3, "tmp_folder": "tmp"},
-                                  "bucketLifecycleConfiguration": {"days": 10}}}
+                                  "bucketLifecycleConfiguration": {"days": 10}}) }}
         }]})
     }
 
