@@ -75,9 +75,15 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
 
     let base = match &config.remote_dir {
         Some(dir) => dir.clone(),
-        None => backend.default_base_dir().await.context(
-            "failed to find a base directory on the cluster; set remote-dir (FIRECREST_REMOTE_DIR)",
-        )?,
+        None => backend
+            .default_base_dir()
+            .await
+            .context("failed to find a base directory on the cluster")?,
+    };
+    let artifacts_part_size = if config.artifacts.is_empty() {
+        None
+    } else {
+        backend.artifacts_part_size().await?
     };
     let run_dir = format!("{}/{}", base.trim_end_matches('/'), run_name);
     let remote = Remote {
@@ -102,13 +108,14 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
     };
     drop(scratch);
 
-    let artifacts_part_size = if config.artifacts.is_empty() {
-        None
-    } else {
-        backend.artifacts_part_size().await?
-    };
     let spec = script_spec(&config, &run_dir, &staged, &pack, artifacts_part_size);
-    let script = script::render(&spec).context("failed to render the batch script")?;
+    let script = match script::render(&spec) {
+        Ok(script) => script,
+        Err(err) => {
+            remote.cleanup().await;
+            return Err(err.context("failed to render the batch script"));
+        }
+    };
     let job_spec = JobSpec {
         name: config.job_name.clone(),
         script,
