@@ -781,6 +781,24 @@ mod tests {
         FirecrestBackend::from_client(client, 1 << 30)
     }
 
+    /// A file of `size` bytes whose `tail` the server shows as `content`.
+    async fn serve_tail(server: &MockServer, content: &str, size: u64) {
+        Mock::given(method("GET"))
+            .and(path("/filesystem/daint/ops/tail"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "output": {"content": content, "contentType": "bytes", "startPosition": 1, "endPosition": -1}
+            })))
+            .mount(server)
+            .await;
+        let mut stat = recorded("fs_stat.json", 0);
+        stat["output"]["size"] = serde_json::json!(size);
+        Mock::given(method("GET"))
+            .and(path("/filesystem/daint/ops/stat"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(stat))
+            .mount(server)
+            .await;
+    }
+
     /// Requests whose body is larger than this many bytes.
     struct BodyOver(usize);
 
@@ -855,20 +873,7 @@ mod tests {
         let server = MockServer::start().await;
         let backend = backend(&server).await;
         // The file holds "a", one invalid byte, "b\n": 4 bytes, shown as 5.
-        Mock::given(method("GET"))
-            .and(path("/filesystem/daint/ops/tail"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-                "output": {"content": "a\u{fffd}b\n", "contentType": "bytes", "startPosition": 1, "endPosition": -1}
-            })))
-            .mount(&server)
-            .await;
-        let mut stat = recorded("fs_stat.json", 0);
-        stat["output"]["size"] = serde_json::json!(4);
-        Mock::given(method("GET"))
-            .and(path("/filesystem/daint/ops/stat"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(stat))
-            .mount(&server)
-            .await;
+        serve_tail(&server, "a\u{fffd}b\n", 4).await;
         let chunk = backend
             .read_output("/scratch/ciuser/run/job.out", 0, false)
             .await
@@ -881,20 +886,7 @@ mod tests {
     async fn a_possible_partial_character_at_the_end_waits_until_the_last_read() {
         let server = MockServer::start().await;
         let backend = backend(&server).await;
-        Mock::given(method("GET"))
-            .and(path("/filesystem/daint/ops/tail"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-                "output": {"content": "\u{fffd}", "contentType": "bytes", "startPosition": 1, "endPosition": -1}
-            })))
-            .mount(&server)
-            .await;
-        let mut stat = recorded("fs_stat.json", 0);
-        stat["output"]["size"] = serde_json::json!(12);
-        Mock::given(method("GET"))
-            .and(path("/filesystem/daint/ops/stat"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(stat))
-            .mount(&server)
-            .await;
+        serve_tail(&server, "\u{fffd}", 12).await;
         let path = "/scratch/ciuser/run/job.out";
         assert_eq!(
             backend.read_output(path, 10, false).await.unwrap(),
