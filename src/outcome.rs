@@ -375,7 +375,11 @@ pub fn exit_code_for_error(err: &anyhow::Error) -> i32 {
             return codes::NOPERM;
         }
         if let Some(api) = cause.downcast_ref::<ApiError>() {
-            if api.is_auth() || api.status == 403 {
+            // FirecREST answers 400 for a valid token it cannot use (no
+            // `preferred_username` claim): a credentials problem too.
+            let token_refused =
+                api.status == 400 && api.message.to_ascii_lowercase().contains("token");
+            if api.is_auth() || api.status == 403 || token_refused {
                 return codes::NOPERM;
             }
             if api.is_transient() || api.is_server_error() {
@@ -399,6 +403,52 @@ pub fn exit_code_for_error(err: &anyhow::Error) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api_error(status: u16, message: &str) -> anyhow::Error {
+        anyhow::Error::new(crate::firecrest::ApiError {
+            status,
+            method: "GET".into(),
+            path: "/status/daint/userinfo".into(),
+            message: message.into(),
+            error_type: Some("error".into()),
+            retry_after: None,
+        })
+        .context("failed to read the user's name")
+    }
+
+    #[test]
+    fn tool_failures_map_to_their_sysexits_codes() {
+        // From the recorded auth_errors.json and unknown_system.json.
+        assert_eq!(
+            exit_code_for_error(&api_error(401, "Access token expired")),
+            codes::NOPERM
+        );
+        assert_eq!(
+            exit_code_for_error(&api_error(
+                400,
+                "Authentication token 'preferred_username' claim is missing"
+            )),
+            codes::NOPERM
+        );
+        assert_eq!(
+            exit_code_for_error(&api_error(503, "unhealthy")),
+            codes::UNAVAILABLE
+        );
+        assert_eq!(
+            exit_code_for_error(&api_error(404, "System not found")),
+            codes::INTERNAL
+        );
+        let io = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert_eq!(exit_code_for_error(&io), codes::NOPERM);
+        let coded = anyhow::Error::new(CodedError {
+            code: codes::CONFIG,
+            message: "no such system".into(),
+        });
+        assert_eq!(
+            exit_code_for_error(&coded.context("while starting")),
+            codes::CONFIG
+        );
+    }
 
     fn status(state: &str, exit: Option<i64>, signal: Option<i64>) -> JobStatus {
         JobStatus {
