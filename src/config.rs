@@ -1753,6 +1753,15 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
+/// The log level to start logging with, before the configuration is
+/// validated (its errors are logged): `FIRECREST_LOG_LEVEL` when valid, else
+/// the CI's debug mode. [`Config::log_level`] says the same once validated.
+pub fn early_log_level(env: &BTreeMap<String, String>) -> String {
+    platform_var(env, "FIRECREST_LOG_LEVEL")
+        .and_then(|v| parse_log_level(v).ok())
+        .unwrap_or_else(|| default_log_level(env).to_string())
+}
+
 fn default_log_level(env: &BTreeMap<String, String>) -> &'static str {
     let github_debug = platform_var(env, "RUNNER_DEBUG") == Some("1");
     let gitlab_debug =
@@ -3213,6 +3222,30 @@ mod tests {
     }
 
     // ------------------------------------------------ platform defaults
+
+    #[test]
+    fn early_log_level_agrees_with_the_validated_one() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(early_log_level(&env(&[])), "info");
+        assert_eq!(early_log_level(&env(&[("RUNNER_DEBUG", "1")])), "debug");
+        assert_eq!(
+            early_log_level(&env(&[
+                ("FIRECREST_LOG_LEVEL", "WARN"),
+                ("RUNNER_DEBUG", "1")
+            ])),
+            "warn"
+        );
+        // An invalid value is reported by validation; logging starts at the default.
+        assert_eq!(
+            early_log_level(&env(&[("FIRECREST_LOG_LEVEL", "loud")])),
+            "info"
+        );
+    }
 
     #[test]
     fn log_level_follows_the_ci_debug_mode() {

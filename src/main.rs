@@ -97,14 +97,7 @@ fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
 /// Logs go to stderr without timestamps (the CI adds them); debug when the
 /// CI runs in debug mode, unless FIRECREST_LOG_LEVEL says otherwise.
 fn init_logging(env: &BTreeMap<String, String>) {
-    let debug_ci = env.get("RUNNER_DEBUG").is_some_and(|v| v == "1")
-        || env.get("CI_DEBUG_TRACE").is_some_and(|v| v == "true");
-    let level = env
-        .get("FIRECREST_LOG_LEVEL")
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| ["error", "warn", "info", "debug", "trace"].contains(&v.as_str()))
-        .unwrap_or_else(|| if debug_ci { "debug" } else { "info" }.to_string());
+    let level = firecrest_ci::config::early_log_level(env);
     // Our own crate at the chosen level; dependencies stay at warn so that
     // debug logs never print HTTP internals (headers carry tokens).
     let filter = tracing_subscriber::EnvFilter::new(format!("warn,firecrest_ci={level}"));

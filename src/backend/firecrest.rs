@@ -272,6 +272,23 @@ impl FirecrestBackend {
         Ok(())
     }
 
+    /// Copies a remote file into S3 with a transfer job and waits for it;
+    /// returns the presigned URL to read it from.
+    async fn stage_in_s3(&self, path: &str) -> Result<String> {
+        let reply = self.client.transfer_download(path).await?;
+        let url = reply
+            .transfer_directives
+            .download_url
+            .clone()
+            .context("the server's S3 download directives have no downloadUrl")?;
+        self.wait_transfer(
+            &reply.transfer_job.job_id,
+            &reply.transfer_job.logs.error_log,
+        )
+        .await?;
+        Ok(url)
+    }
+
     /// Waits for a transfer job; its error log explains a failure.
     async fn wait_transfer(&self, job: &str, logs_error: &str) -> Result<()> {
         let started = std::time::Instant::now();
@@ -374,17 +391,7 @@ impl FirecrestBackend {
                 "{} of output piled up: reading it through an S3 snapshot",
                 crate::progress::format_bytes(size.saturating_sub(offset))
             );
-            let reply = self.client.transfer_download(path).await?;
-            let url = reply
-                .transfer_directives
-                .download_url
-                .clone()
-                .context("the server's S3 download directives have no downloadUrl")?;
-            self.wait_transfer(
-                &reply.transfer_job.job_id,
-                &reply.transfer_job.logs.error_log,
-            )
-            .await?;
+            let url = self.stage_in_s3(path).await?;
             snapshots.insert(path.to_string(), Snapshot { url, size });
             return Ok(OutputChunk::default());
         }
@@ -696,17 +703,7 @@ impl Backend for FirecrestBackend {
                 .await
                 .map(|()| true);
         }
-        let reply = self.client.transfer_download(remote).await?;
-        let url = reply
-            .transfer_directives
-            .download_url
-            .clone()
-            .context("the server's S3 download directives have no downloadUrl")?;
-        self.wait_transfer(
-            &reply.transfer_job.job_id,
-            &reply.transfer_job.logs.error_log,
-        )
-        .await?;
+        let url = self.stage_in_s3(remote).await?;
         self.client.s3_get_object(&url, 0, &mut file).await?;
         Ok(true)
     }
