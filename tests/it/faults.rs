@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::fake::{
     FakeFirecrest, ForcedEnd, LogEntry, Malform, Outage, PortKind, Route, Stage, TokenDown, Window,
 };
-use crate::harness::{lines_with, wait_sampling_peak_rss, wait_until, Outcome, Setup};
+use crate::harness::{lines_with, random_file, wait_sampling_peak_rss, wait_until, Outcome, Setup};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -248,15 +248,6 @@ fn the_server_goes_away_connection_refused_for_20_s_then_returns() {
     let f = figures("connection refused for 20 s", &fake, &out);
     assert_whole_run(&fake, name, &out, 3, 50, "FAILED");
     assert!(f.retries >= 3, "retries {}", f.retries);
-}
-
-fn random_file(path: &std::path::Path, size: usize) -> String {
-    use rand::RngCore;
-    use sha2::{Digest, Sha256};
-    let mut data = vec![0u8; size];
-    rand::thread_rng().fill_bytes(&mut data);
-    std::fs::write(path, &data).unwrap();
-    hex::encode(Sha256::digest(&data))
 }
 
 #[test]

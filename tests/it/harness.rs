@@ -377,3 +377,13 @@ pub fn wait_sampling_peak_rss(child: Child, limit: Duration, started: Instant) -
     let peak = sampler.join().unwrap_or(0);
     (out, peak)
 }
+
+/// Writes `size` random (incompressible) bytes to `path`; returns their SHA-256.
+pub fn random_file(path: &Path, size: usize) -> String {
+    use rand::RngCore;
+    use sha2::{Digest, Sha256};
+    let mut data = vec![0u8; size];
+    rand::thread_rng().fill_bytes(&mut data);
+    std::fs::write(path, &data).unwrap();
+    hex::encode(Sha256::digest(&data))
+}

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
 use crate::fake::{FakeFirecrest, ForcedEnd, Route};
-use crate::harness::{lines_with, wait, wait_until, Outcome, Setup};
+use crate::harness::{lines_with, random_file, wait, wait_until, Outcome, Setup};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -325,14 +325,6 @@ fn forwarded_variables_arrive_with_their_exact_values() {
     // Not in the script the server received.
     let job = fake.job_by_name("env").unwrap();
     assert!(job.state == "COMPLETED");
-}
-
-fn random_file(path: &std::path::Path, size: usize) -> String {
-    use rand::RngCore;
-    let mut data = vec![0u8; size];
-    rand::thread_rng().fill_bytes(&mut data);
-    std::fs::write(path, &data).unwrap();
-    hex::encode(Sha256::digest(&data))
 }
 
 #[test]
