@@ -199,7 +199,10 @@ fn a_burst_above_the_size_limit_is_read_in_pieces() {
 #[test]
 fn output_written_after_the_final_state_is_still_shown() {
     let fake = FakeFirecrest::start();
-    let commands = "echo main part\nsetsid bash -c 'sleep 0.5; echo late line >> ../job.out' < /dev/null > /dev/null 2>&1 &";
+    // The writer leaves the job's process group (setsid) before the job
+    // ends, or the double's end-of-job kill would take it along; its line
+    // lands after the tool's first state read (1 s) has seen the job end.
+    let commands = "echo main part\nsetsid bash -c 'sleep 1.5; echo late line >> ../job.out' < /dev/null > /dev/null 2>&1 &\nsleep 0.3";
     let out = run(&fake, "late-output", commands);
     assert_eq!(out.code, 0, "{}", out.both());
     assert_eq!(out.stdout.matches("late line").count(), 1, "{}", out.both());
