@@ -13,6 +13,11 @@
 //! state is read every `state_interval`, sooner right after submission and as
 //! soon as the batch script reports that the user's commands ended (then
 //! after 1, 2, 4, ... seconds, up to `state_interval` again).
+//!
+//! The batch script's last line ([`script::SCRIPT_END_MARKER`]) says that the
+//! output file is complete: once it was shown and the job is final, the
+//! watcher stops without waiting for the output to stay quiet. A job killed
+//! before that line drains until its files stay quiet.
 
 use std::io::Write;
 use std::time::Duration;
@@ -23,10 +28,11 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, JobId, JobStatus};
 use crate::outcome::SlurmState;
+use crate::script::{COMMANDS_ENDED_MARKER, SCRIPT_END_MARKER};
 
-/// The batch script prints this when the user's commands have ended, so the
-/// watcher reads the state at once instead of waiting for the next poll.
-pub const END_MARKER: &[u8] = b"firecrest-ci: commands exited with status";
+/// How often to look for the script's last line while a stopped run waits
+/// for the epilogue.
+const STOP_READ_EVERY: Duration = Duration::from_millis(250);
 
 /// Output reads failing this long get a warning in the CI log.
 const READ_FAILURES_WORTH_A_WARNING: Duration = Duration::from_secs(30);
@@ -129,6 +135,11 @@ pub struct Watcher<'a> {
     pub stats: WatchStats,
     end_hint: bool,
     marker_tail: Vec<u8>,
+    /// The last line shown so far (of the first file), to spot the
+    /// script's end marker.
+    last_line: Vec<u8>,
+    /// The script's end marker is the last thing the output file holds.
+    script_ended: bool,
 }
 
 impl<'a> Watcher<'a> {
@@ -149,7 +160,15 @@ impl<'a> Watcher<'a> {
             stats: WatchStats::default(),
             end_hint: false,
             marker_tail: Vec::new(),
+            last_line: Vec::new(),
+            script_ended: false,
         }
+    }
+
+    /// The batch script printed its last line: its epilogue (artifacts)
+    /// is done and the output file is complete.
+    pub fn script_ended(&self) -> bool {
+        self.script_ended
     }
 
     /// Watches `job` until it ends, CI stops the run, or `deadline` passes.
@@ -261,7 +280,14 @@ impl<'a> Watcher<'a> {
                 }
                 let key = (format!("{state:?}"), status.reason.clone());
                 if tracker.shown.as_ref() != Some(&key) {
-                    announce(job, &state, &status);
+                    // A state read can lag behind the output: once the job's
+                    // own output shows it running, "waiting in the queue"
+                    // would contradict the log.
+                    if self.stats.output_bytes == 0 || state.is_final() {
+                        announce(job, &state, &status);
+                    } else {
+                        tracing::debug!(%job, state = %status.state, "state read after the output began");
+                    }
                     tracker.shown = Some(key);
                 }
                 if state == SlurmState::Pending
@@ -334,8 +360,42 @@ impl<'a> Watcher<'a> {
         file.offset += chunk.advance;
         let printable = file.decoder.push(&chunk.data);
         self.note_end_marker(&chunk.data);
+        if index == 0 {
+            self.note_last_line(&chunk.data);
+        }
         self.emit(&printable)?;
         Ok(chunk.advance)
+    }
+
+    /// Follows the line structure of the first output file: the script
+    /// ended when its last complete line is the end marker and nothing
+    /// follows it.
+    fn note_last_line(&mut self, data: &[u8]) {
+        // Only a line's start is compared: keep memory flat on long lines.
+        let keep = SCRIPT_END_MARKER.len();
+        let push = |line: &mut Vec<u8>, bytes: &[u8]| {
+            let room = keep.saturating_sub(line.len());
+            line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        };
+        let Some(last_newline) = data.iter().rposition(|&b| b == b'\n') else {
+            push(&mut self.last_line, data);
+            self.script_ended = self.script_ended && data.is_empty();
+            return;
+        };
+        let complete_line_start = data[..last_newline]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|at| at + 1);
+        if let Some(start) = complete_line_start {
+            self.last_line.clear();
+            push(&mut self.last_line, &data[start..last_newline]);
+        } else {
+            push(&mut self.last_line, &data[..last_newline]);
+        }
+        let rest = &data[last_newline + 1..];
+        self.script_ended = rest.is_empty() && self.last_line.starts_with(SCRIPT_END_MARKER);
+        self.last_line.clear();
+        push(&mut self.last_line, rest);
     }
 
     fn note_end_marker(&mut self, data: &[u8]) {
@@ -344,10 +404,13 @@ impl<'a> Watcher<'a> {
         }
         let mut window = std::mem::take(&mut self.marker_tail);
         window.extend_from_slice(data);
-        if window.windows(END_MARKER.len()).any(|w| w == END_MARKER) {
+        if window
+            .windows(COMMANDS_ENDED_MARKER.len())
+            .any(|w| w == COMMANDS_ENDED_MARKER)
+        {
             self.end_hint = true;
         }
-        let keep = window.len().min(END_MARKER.len());
+        let keep = window.len().min(COMMANDS_ENDED_MARKER.len());
         self.marker_tail = window[window.len() - keep..].to_vec();
     }
 
@@ -363,8 +426,10 @@ impl<'a> Watcher<'a> {
         Ok(())
     }
 
-    /// After the job ended: read until the files stay quiet (Slurm may still
-    /// be flushing), then show any held-back partial character.
+    /// After the job ended: when the script's last line was shown, the files
+    /// are complete; otherwise (a job killed before its epilogue ended) read
+    /// until they stay quiet, as Slurm may still be flushing. Then show any
+    /// held-back partial character.
     pub async fn drain(&mut self) -> Result<()> {
         let started = Instant::now();
         let mut quiet_since = Instant::now();
@@ -373,7 +438,8 @@ impl<'a> Watcher<'a> {
             if got > 0 {
                 quiet_since = Instant::now();
             }
-            if quiet_since.elapsed() >= self.settings.drain_quiet
+            if self.script_ended
+                || quiet_since.elapsed() >= self.settings.drain_quiet
                 || started.elapsed() >= self.settings.drain_max
             {
                 break;
@@ -389,10 +455,24 @@ impl<'a> Watcher<'a> {
         self.flush_partial()
     }
 
-    /// A best-effort drain bounded by `limit`, for a run that is being stopped.
-    pub async fn drain_within(&mut self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.read_all_once(true)).await;
+    /// For a run that is being stopped: show what comes until the script's
+    /// last line (the epilogue packed the artifacts), at most for `limit`.
+    /// Says whether that line was seen.
+    pub async fn drain_within(&mut self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        let _ = tokio::time::timeout_at(until, async {
+            while !self.script_ended {
+                let _ = self.read_all_once(false).await;
+                if self.script_ended {
+                    break;
+                }
+                tokio::time::sleep(STOP_READ_EVERY).await;
+            }
+            let _ = self.read_all_once(true).await;
+        })
+        .await;
         let _ = self.flush_partial();
+        self.script_ended
     }
 
     fn flush_partial(&mut self) -> Result<()> {
@@ -547,5 +627,91 @@ mod tests {
         assert_eq!(stream.push(b"ok \xe6\x97"), b"ok ");
         assert_eq!(String::from_utf8(stream.finish()).unwrap(), "\u{fffd}");
         assert!(stream.finish().is_empty());
+    }
+
+    struct NoBackend;
+
+    #[async_trait::async_trait]
+    impl Backend for NoBackend {
+        fn describe(&self) -> String {
+            String::new()
+        }
+        async fn default_base_dir(&self) -> Result<String> {
+            unreachable!()
+        }
+        async fn create_private_dir(&self, _: &str) -> Result<()> {
+            unreachable!()
+        }
+        async fn put_file(&self, _: &str, _: &str, _: Vec<u8>) -> Result<()> {
+            unreachable!()
+        }
+        async fn upload_workspace(
+            &self,
+            _: &std::path::Path,
+            _: &str,
+        ) -> Result<crate::backend::StagedWorkspace> {
+            unreachable!()
+        }
+        async fn submit(&self, _: &crate::backend::JobSpec) -> Result<JobId> {
+            unreachable!()
+        }
+        async fn job_status(&self, _: &JobId) -> Result<Option<JobStatus>> {
+            unreachable!()
+        }
+        async fn read_output(
+            &self,
+            _: &str,
+            _: u64,
+            _: bool,
+        ) -> Result<crate::backend::OutputChunk> {
+            unreachable!()
+        }
+        async fn cancel(&self, _: &JobId) -> Result<()> {
+            unreachable!()
+        }
+        async fn artifacts_part_size(&self) -> Result<Option<u64>> {
+            unreachable!()
+        }
+        async fn download(&self, _: &str, _: &std::path::Path) -> Result<bool> {
+            unreachable!()
+        }
+        async fn remove_dir(&self, _: &str) -> Result<()> {
+            unreachable!()
+        }
+    }
+
+    struct NoSink;
+    impl OutputSink for NoSink {
+        fn job_output(&self, _: &[u8]) {}
+    }
+
+    /// Feeds `pieces` as successive reads; whether the script ended.
+    fn ended_after(pieces: &[&[u8]]) -> bool {
+        let mut watcher = Watcher::new(&NoBackend, &NoSink, None, WatchSettings::default(), vec![]);
+        for piece in pieces {
+            watcher.note_last_line(piece);
+        }
+        watcher.script_ended()
+    }
+
+    #[test]
+    fn the_script_ended_only_when_its_marker_is_the_last_line() {
+        let end = b"firecrest-ci: end of the batch script (exit status 0)\n";
+        assert!(ended_after(&[b"hello\n", end]));
+        assert!(ended_after(&[&[b"hello\n".as_slice(), end].concat()]));
+        // Cut anywhere between reads.
+        let whole = [b"a\nb\n".as_slice(), end].concat();
+        for cut in 0..=whole.len() {
+            assert!(ended_after(&[&whole[..cut], &whole[cut..]]), "cut at {cut}");
+        }
+        // Not the last line, not a whole line, not at a line start.
+        assert!(!ended_after(&[end, b"more\n"]));
+        assert!(!ended_after(&[end, b"x"]));
+        assert!(!ended_after(&[&end[..end.len() - 1]]));
+        assert!(!ended_after(&[
+            b"say firecrest-ci: end of the batch script\n"
+        ]));
+        assert!(!ended_after(&[b"hello\n"]));
+        assert!(!ended_after(&[]));
     }
 }

@@ -4,15 +4,17 @@
 //! quoting: no input can add a line to the script or a command to run, even
 //! when the configuration layer let it through.
 //!
-//! The script has three parts:
-//! - `#SBATCH` lines (parsed by `sbatch`, comments for bash);
-//! - a prologue: enter the run directory, load and delete the forwarded
-//!   variables, reassemble, verify and extract the workspace archive (exit
-//!   [`codes::WORKSPACE_INVALID`] when that fails);
-//! - the user's commands in a subshell of the login shell, and an epilogue
-//!   (an `EXIT` trap) that packs the artifacts whether the commands succeed,
-//!   fail, call `exit`, or are stopped by the SIGTERM Slurm sends at the time
-//!   limit or on `scancel`. The job's exit status is the commands' status.
+//! A rendered script is `#!/bin/bash -l`, the `#SBATCH` lines, one
+//! single-quoted shell variable per value, and then the fixed body in
+//! `batch.sh` beside this file: a prologue that enters the run directory,
+//! loads and deletes the forwarded variables and reassembles, verifies and
+//! extracts the workspace archive (exit [`codes::WORKSPACE_INVALID`] when that
+//! fails); the user's commands, run in the background in a process group of
+//! their own so that the signal Slurm sends at the time limit or on `scancel`
+//! is handled at once and passed on to them; and an epilogue (an `EXIT` trap)
+//! that packs the artifacts whatever the outcome. The job's exit status is
+//! the commands' status. The body is one readable shell file, checked by
+//! `shellcheck` in CI.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -32,6 +34,21 @@ const EXTRACTED_MARKER: &str = ".firecrest-ci-extracted";
 /// Inline commands are written here and sourced, so that their text can
 /// never break the script's structure.
 const COMMANDS_FILE: &str = "firecrest-ci-commands.sh";
+/// The fixed part of every batch script.
+const BODY: &str = include_str!("batch.sh");
+
+/// After the time limit's or a cancel's signal, the commands get this long
+/// to exit before the script SIGKILLs them, so that the epilogue still runs
+/// well within Slurm's KillWait (30 s by default) and within the 7.5 s that
+/// GitHub leaves the tool after cancelling.
+pub const COMMANDS_GRACE_SECS: u32 = 5;
+
+/// The script prints this line once the user's commands ended, with their
+/// status, so the watcher reads the job state at once.
+pub const COMMANDS_ENDED_MARKER: &[u8] = b"firecrest-ci: commands exited with status";
+/// The script's very last line: the epilogue is done and the output file is
+/// complete.
+pub const SCRIPT_END_MARKER: &[u8] = b"firecrest-ci: end of the batch script";
 /// Prefix of the script's own shell variables and functions; forwarded
 /// variables may not use it.
 const INTERNAL_PREFIX: &str = "_fci_";
@@ -129,42 +146,30 @@ pub fn render(spec: &ScriptSpec) -> Result<String> {
     };
 
     // Values, each single-quoted: nothing in them is ever expanded.
-    s.push_str("\n# firecrest-ci: prologue, your commands, epilogue.\n");
-    let _ = writeln!(s, "_fci_run_dir={}", sh_quote(run_dir));
-    let _ = writeln!(s, "_fci_archive={}", sh_quote(archive));
-    let _ = writeln!(
-        s,
-        "_fci_parts=({})",
-        spec.archive_parts
-            .iter()
-            .map(|p| sh_quote(p))
-            .collect::<Vec<_>>()
-            .join(" ")
+    s.push_str("\n# firecrest-ci: the values for the script below.\n");
+    let mut value = |name: &str, text: &str| {
+        let _ = writeln!(s, "{INTERNAL_PREFIX}{name}={text}");
+    };
+    value("run_dir", &sh_quote(run_dir));
+    value("archive", &sh_quote(archive));
+    value("parts", &sh_array(&spec.archive_parts));
+    value("sha256", &sh_quote(&sha));
+    value(
+        "env_file",
+        &sh_quote(spec.env_file.as_deref().unwrap_or_default()),
     );
-    let _ = writeln!(s, "_fci_sha256={}", sh_quote(&sha));
-    let _ = writeln!(s, "_fci_artifacts=({})", artifacts.join(" "));
-    let _ = writeln!(
-        s,
-        "_fci_artifacts_archive={}",
-        sh_quote(&spec.artifacts_archive)
+    value("artifacts", &format!("({})", artifacts.join(" ")));
+    value("artifacts_archive", &sh_quote(&spec.artifacts_archive));
+    value(
+        "artifacts_part_size",
+        &spec
+            .artifacts_part_size
+            .map_or(String::new(), |n| n.to_string()),
     );
-    let _ = writeln!(
-        s,
-        "_fci_artifacts_part_size={}",
-        spec.artifacts_part_size
-            .map_or(String::new(), |n| n.to_string())
-    );
-    let _ = writeln!(s, "_fci_workspace={}", sh_quote(WORKSPACE_DIR));
-    let _ = writeln!(s, "_fci_marker={}", sh_quote(EXTRACTED_MARKER));
-    let _ = writeln!(s, "_fci_invalid={}", codes::WORKSPACE_INVALID);
-    s.push_str(PROLOGUE);
-
-    if let Some(env) = &spec.env_file {
-        let _ = writeln!(s, "_fci_env_file={}", sh_quote(env));
-        s.push_str(LOAD_ENV);
-    }
-    s.push_str(UNPACK);
-
+    value("workspace", &sh_quote(WORKSPACE_DIR));
+    value("marker", &sh_quote(EXTRACTED_MARKER));
+    value("invalid", &codes::WORKSPACE_INVALID.to_string());
+    value("kill_after", &COMMANDS_GRACE_SECS.to_string());
     match &spec.command {
         Command::Inline(commands) => {
             ensure!(
@@ -176,19 +181,23 @@ pub fn render(spec: &ScriptSpec) -> Result<String> {
                 body.push('\n');
             }
             let delimiter = heredoc_delimiter(&body);
-            let _ = writeln!(s, "_fci_commands=\"$_fci_run_dir\"/{COMMANDS_FILE}");
+            value("mode", "inline");
+            value("commands", &sh_quote(&format!("{run_dir}/{COMMANDS_FILE}")));
+            value("script", "''");
             let _ = write!(
                 s,
-                "cat > \"$_fci_commands\" <<'{delimiter}' || _fci_fail \"cannot write the commands file in $_fci_run_dir\"\n{body}{delimiter}\n"
+                "_fci_write_commands() {{\ncat <<'{delimiter}'\n{body}{delimiter}\n}}\n"
             );
-            s.push_str(RUN_INLINE);
         }
         Command::ScriptFile(path) => {
             rel_path("script file", path)?;
-            let _ = writeln!(s, "_fci_script={}", sh_quote(path));
-            s.push_str(RUN_SCRIPT_FILE);
+            value("mode", "script");
+            value("commands", "''");
+            value("script", &sh_quote(path));
         }
     }
+    s.push('\n');
+    s.push_str(BODY);
     Ok(s)
 }
 
@@ -403,6 +412,12 @@ fn sh_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
+/// A bash array of quoted words.
+fn sh_array(words: &[String]) -> String {
+    let quoted: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
+    format!("({})", quoted.join(" "))
+}
+
 /// A here-document delimiter that is no line of `body`.
 fn heredoc_delimiter(body: &str) -> String {
     let base = "FIRECREST_CI_END_OF_COMMANDS";
@@ -480,167 +495,6 @@ fn is_identifier(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
-
-/// Helpers, traps and the first step: enter the run directory.
-const PROLOGUE: &str = r#"# Submitted with --export=NONE (or through FirecREST), Slurm would pass that
-# on to srun; job steps should see what this login shell set up (modules).
-unset SLURM_EXPORT_ENV
-_fci_ready=0
-_fci_signal=
-_fci_say() { printf 'firecrest-ci: %s\n' "$*"; }
-_fci_warn() { printf 'firecrest-ci: warning: %s\n' "$*" >&2; }
-_fci_fail() { printf 'firecrest-ci: error: %s\n' "$*" >&2; exit "$_fci_invalid"; }
-
-# Epilogue: pack the artifacts. Patterns are expanded by bash in the
-# workspace (no word splitting, never eval'd); a path inside a matched
-# directory is dropped because tar packs directories whole.
-_fci_pack_artifacts() {
-  local IFS= _fci_pattern _fci_m _fci_a _fci_any _fci_inside _fci_rc
-  local -a _fci_found=() _fci_keep=() _fci_matches=()
-  local -A _fci_seen=()
-  if ((BASH_VERSINFO[0] < 4)); then _fci_warn "packing artifacts needs bash 4 or newer, this is bash $BASH_VERSION"; return; fi
-  cd -- "$_fci_run_dir/$_fci_workspace" 2>/dev/null || { _fci_warn "the workspace is gone; no artifacts packed"; return; }
-  set +f
-  shopt -s nullglob globstar dotglob
-  for _fci_pattern in "${_fci_artifacts[@]}"; do
-    _fci_any=0
-    _fci_matches=( $_fci_pattern )
-    for _fci_m in "${_fci_matches[@]}"; do
-      [ -e "$_fci_m" ] || [ -L "$_fci_m" ] || continue
-      while [[ $_fci_m == ./* ]]; do _fci_m=${_fci_m#./}; done
-      while [[ $_fci_m == */ ]]; do _fci_m=${_fci_m%/}; done
-      case "/$_fci_m/" in */../*) continue ;; esac
-      if [ -z "$_fci_m" ] || [ "$_fci_m" = . ]; then _fci_m=.; else _fci_m=./$_fci_m; fi
-      _fci_any=1
-      [ -n "${_fci_seen[$_fci_m]+x}" ] && continue
-      _fci_seen[$_fci_m]=1
-      _fci_found+=("$_fci_m")
-    done
-    [ "$_fci_any" = 1 ] || _fci_warn "artifact pattern '$_fci_pattern' matched nothing"
-  done
-  for _fci_m in "${_fci_found[@]}"; do
-    _fci_a=$_fci_m
-    _fci_inside=0
-    while [[ $_fci_a == */* ]]; do
-      _fci_a=${_fci_a%/*}
-      if [ -n "${_fci_seen[$_fci_a]+x}" ] && [ -d "$_fci_a" ] && [ ! -L "$_fci_a" ]; then _fci_inside=1; break; fi
-    done
-    [ "$_fci_inside" = 1 ] || _fci_keep+=("$_fci_m")
-  done
-  if [ "${#_fci_keep[@]}" -eq 0 ]; then
-    tar -czf "$_fci_artifacts_archive.partial" -T /dev/null
-  else
-    tar -czf "$_fci_artifacts_archive.partial" "${_fci_keep[@]}"
-  fi
-  _fci_rc=$?
-  # GNU tar exits 1 when a file changed while it was read: the archive is still whole.
-  if [ "$_fci_rc" -gt 1 ] || ! mv -f -- "$_fci_artifacts_archive.partial" "$_fci_artifacts_archive"; then
-    rm -f -- "$_fci_artifacts_archive.partial"
-    _fci_warn "could not pack the artifacts (tar exit status $_fci_rc)"
-    return
-  fi
-  if [ -n "$_fci_artifacts_part_size" ] && [ "$(wc -c < "$_fci_artifacts_archive")" -gt "$_fci_artifacts_part_size" ]; then
-    split -b "$_fci_artifacts_part_size" -d -a 5 -- "$_fci_artifacts_archive" "$_fci_artifacts_archive.part-" \
-      || _fci_warn "could not split the artifacts archive into parts"
-  fi
-  if [ "${#_fci_keep[@]}" -eq 1 ]; then _fci_say "artifacts packed (1 path)"; else _fci_say "artifacts packed (${#_fci_keep[@]} paths)"; fi
-}
-
-# Runs on every exit: after the commands, after `exit`, after SIGTERM.
-_fci_finish() {
-  local _fci_status=$?
-  trap '' TERM INT HUP
-  trap - EXIT
-  if [ "$_fci_ready" = 1 ]; then
-    if [ -n "$_fci_signal" ]; then
-      _fci_say "stopped by SIG$_fci_signal (time limit or cancellation)"
-    else
-      _fci_say "commands exited with status $_fci_status"
-    fi
-    [ "${#_fci_artifacts[@]}" -gt 0 ] && _fci_pack_artifacts
-  fi
-  exit "$_fci_status"
-}
-trap _fci_finish EXIT
-trap '_fci_signal=TERM; exit 143' TERM
-trap '_fci_signal=INT; exit 130' INT
-trap '_fci_signal=HUP; exit 129' HUP
-
-cd -- "$_fci_run_dir" 2>/dev/null || _fci_fail "cannot enter the run directory $_fci_run_dir"
-_fci_say "job ${SLURM_JOB_ID:-(local)} on ${SLURMD_NODENAME:-${HOSTNAME:-this machine}}"
-"#;
-
-/// Sources the forwarded variables and deletes the file at once.
-const LOAD_ENV: &str = r#"if [ -f "$_fci_env_file" ]; then
-  . "./$_fci_env_file"
-  rm -f -- "./$_fci_env_file"
-  _fci_say "forwarded variables set"
-elif [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
-  _fci_warn "the job was requeued: forwarded variables were deleted at its first start and are not set"
-else
-  _fci_fail "the forwarded-variables file $_fci_env_file is missing from $_fci_run_dir"
-fi
-"#;
-
-/// Reassembles, verifies and extracts the workspace archive.
-const UNPACK: &str = r#"_fci_sha256_ok() {
-  if command -v sha256sum >/dev/null 2>&1; then
-    printf '%s  %s\n' "$_fci_sha256" "$_fci_archive" | sha256sum -c --status -
-  else
-    printf '%s  %s\n' "$_fci_sha256" "$_fci_archive" | shasum -a 256 -c --status -
-  fi
-}
-if [ -f "$_fci_marker" ] && [ -d "$_fci_workspace" ]; then
-  _fci_say "job restarted: reusing the workspace extracted at its first start"
-else
-  if [ ! -f "$_fci_archive" ]; then
-    for _fci_p in "${_fci_parts[@]}"; do
-      [ -f "$_fci_p" ] || _fci_fail "workspace archive part $_fci_p is missing: the upload did not complete"
-    done
-    cat -- "${_fci_parts[@]}" > "$_fci_archive.partial" && mv -f -- "$_fci_archive.partial" "$_fci_archive" \
-      || _fci_fail "cannot reassemble the workspace archive from ${#_fci_parts[@]} parts (disk full?)"
-    rm -f -- "${_fci_parts[@]}"
-  fi
-  _fci_sha256_ok || _fci_fail "the workspace archive is corrupt: its SHA-256 does not match the uploaded archive's"
-  rm -rf -- "$_fci_workspace" && mkdir -- "$_fci_workspace" || _fci_fail "cannot create $_fci_run_dir/$_fci_workspace"
-  tar -xzf "$_fci_archive" -C "$_fci_workspace" || _fci_fail "cannot extract the workspace archive (see tar's message above)"
-  : > "$_fci_marker"
-  rm -f -- "$_fci_archive"
-  _fci_files=$(find "$_fci_workspace" -type f -print0 | tr -cd '\0' | wc -c)
-  _fci_say "workspace ready ($((_fci_files)) files)"
-fi
-cd -- "$_fci_workspace" || _fci_fail "cannot enter $_fci_run_dir/$_fci_workspace"
-"#;
-
-/// Inline commands: `set -eo pipefail` in a subshell, so `exit N` ends only
-/// the subshell and N becomes the job's exit status.
-const RUN_INLINE: &str = r#"_fci_ready=1
-(
-  set -eo pipefail
-  . "$_fci_commands"
-)
-exit $?
-"#;
-
-/// A script file: as a program when it has a `#!` line, else with bash.
-const RUN_SCRIPT_FILE: &str = r#"_fci_ready=1
-(
-  set -eo pipefail
-  if [ ! -f "./$_fci_script" ]; then
-    printf 'firecrest-ci: error: the script file %s is not in the workspace\n' "$_fci_script" >&2
-    exit 127
-  fi
-  _fci_head=
-  IFS= read -r -n 2 _fci_head < "./$_fci_script" || true
-  if [ "$_fci_head" = '#!' ]; then
-    [ -x "./$_fci_script" ] || chmod u+x -- "./$_fci_script"
-    "./$_fci_script"
-  else
-    bash "./$_fci_script"
-  fi
-)
-exit $?
-"#;
 
 #[cfg(test)]
 mod tests {
@@ -1271,14 +1125,10 @@ mod tests {
         assert_eq!(text(&out.stderr).matches("matched nothing").count(), 3);
     }
 
-    #[test]
-    fn sigterm_still_runs_the_epilogue() {
+    /// Starts the script in a process group of its own, as Slurm and the
+    /// local backend do, and waits until the commands wrote `started`.
+    fn start_until_running(run: &Run) -> std::process::Child {
         use std::os::unix::process::CommandExt;
-        let mut run = workspace();
-        run.spec.artifacts = vec!["hello.txt".into(), "late.txt".into()];
-        run.spec.command = Command::Inline(
-            "echo started > started\necho late > late.txt\nsleep 30\necho unreachable".into(),
-        );
         let child = run
             .command()
             .process_group(0)
@@ -1287,21 +1137,40 @@ mod tests {
             .spawn()
             .unwrap();
         let started = run.dir.join("workspace/started");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !started.exists() {
             assert!(Instant::now() < deadline, "the commands never started");
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(100));
-        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let t0 = Instant::now();
-        nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the job did not stop"
+        child
+    }
+
+    fn signal_shell(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// What the recorded server's Slurm does at the time limit and on
+    /// scancel: SIGTERM to the batch shell alone, not to the commands.
+    #[test]
+    fn sigterm_to_the_batch_shell_alone_stops_the_commands_and_runs_the_epilogue() {
+        let mut run = workspace();
+        run.spec.artifacts = vec!["hello.txt".into(), "late.txt".into()];
+        run.spec.command = Command::Inline(
+            "echo late > late.txt\necho started > started\nsleep 300\necho unreachable".into(),
         );
+        let child = start_until_running(&run);
+        let t0 = Instant::now();
+        signal_shell(&child, nix::sys::signal::Signal::SIGTERM);
+        let out = child.wait_with_output().unwrap();
+        // The trap runs at once: nothing waits for the 300 s sleep, nor
+        // for the grace period (the commands die of the forwarded SIGTERM).
+        let took = t0.elapsed();
         let stdout = text(&out.stdout);
+        assert!(
+            took < Duration::from_secs(u64::from(COMMANDS_GRACE_SECS)),
+            "took {took:?}: {stdout}"
+        );
         assert_eq!(
             out.status.code(),
             Some(143),
@@ -1314,10 +1183,161 @@ mod tests {
             "{stdout}"
         );
         assert!(
+            stdout.contains("firecrest-ci: commands exited with status 143"),
+            "{stdout}"
+        );
+        assert!(
             stdout.contains("firecrest-ci: artifacts packed (2 paths)"),
             "{stdout}"
         );
         assert_eq!(run.artifact_names(), ["./hello.txt", "./late.txt"]);
+        // The last line says the output is complete.
+        assert_eq!(
+            stdout.lines().last(),
+            Some("firecrest-ci: end of the batch script (exit status 143)"),
+            "{stdout}"
+        );
+        // No process of the commands outlives the script.
+        assert!(
+            !any_process_in_group(child_group(&out, &run)),
+            "the commands' processes are still running"
+        );
+    }
+
+    /// The process group the commands ran in, from the file they wrote.
+    fn child_group(_out: &Output, run: &Run) -> i32 {
+        std::fs::read_to_string(run.dir.join("workspace/pgid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn any_process_in_group(pgid: i32) -> bool {
+        pgid > 0 && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+    }
+
+    #[test]
+    fn sigterm_to_the_whole_group_also_runs_the_epilogue_once() {
+        let mut run = workspace();
+        run.spec.artifacts = vec!["late.txt".into()];
+        run.spec.command =
+            Command::Inline("echo late > late.txt\necho started > started\nsleep 300".into());
+        let child = start_until_running(&run);
+        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(143), "{stdout}");
+        assert_eq!(stdout.matches("artifacts packed (1 path)").count(), 1);
+        assert_eq!(run.artifact_names(), ["./late.txt"]);
+    }
+
+    #[test]
+    fn commands_that_ignore_sigterm_are_killed_after_the_grace_and_the_epilogue_runs() {
+        let mut run = workspace();
+        run.spec.artifacts = vec!["late.txt".into()];
+        run.spec.command = Command::Inline(
+            "trap '' TERM\nps -o pgid= $$ > pgid\necho late > late.txt\necho started > started\nsleep 300"
+                .into(),
+        );
+        let child = start_until_running(&run);
+        let t0 = Instant::now();
+        signal_shell(&child, nix::sys::signal::Signal::SIGTERM);
+        let out = child.wait_with_output().unwrap();
+        let took = t0.elapsed();
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let grace = Duration::from_secs(u64::from(COMMANDS_GRACE_SECS));
+        assert!(took >= grace - Duration::from_secs(1), "took {took:?}");
+        assert!(took < grace + Duration::from_secs(30), "took {took:?}");
+        assert!(
+            stderr.contains("the commands did not stop within 5s of SIGTERM: killing them"),
+            "{stderr}"
+        );
+        assert_eq!(out.status.code(), Some(137), "{stdout}{stderr}");
+        assert_eq!(run.artifact_names(), ["./late.txt"]);
+        assert!(stdout.ends_with("firecrest-ci: end of the batch script (exit status 137)\n"));
+        assert!(!any_process_in_group(child_group(&out, &run)));
+    }
+
+    #[test]
+    fn usr1_passes_through_to_the_commands_without_ending_them() {
+        let mut run = workspace();
+        run.spec.command = Command::Inline(
+            "trap 'echo got USR1; touch usr1' USR1\necho started > started\n\
+             for _ in $(seq 600); do [ -e usr1 ] && break; sleep 0.1; done\necho after\nexit 7"
+                .into(),
+        );
+        let child = start_until_running(&run);
+        signal_shell(&child, nix::sys::signal::Signal::SIGUSR1);
+        let out = child.wait_with_output().unwrap();
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(7), "{stdout}{}", text(&out.stderr));
+        assert!(
+            stdout.contains("got USR1") && stdout.contains("after"),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("stopped by"), "{stdout}");
+    }
+
+    #[test]
+    fn every_exit_ends_with_the_end_marker() {
+        let mut run = workspace();
+        run.spec.command = Command::Inline("exit 4".into());
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(4));
+        assert!(text(&out.stdout)
+            .ends_with("firecrest-ci: commands exited with status 4\nfirecrest-ci: end of the batch script (exit status 4)\n"));
+        // Also when the prologue fails.
+        let mut run = workspace();
+        run.spec.env_file = Some("missing.sh".into());
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(codes::WORKSPACE_INVALID));
+        assert!(
+            text(&out.stdout).ends_with("firecrest-ci: end of the batch script (exit status 65)\n"),
+            "{}",
+            text(&out.stdout)
+        );
+        assert!(!text(&out.stdout).contains("commands exited"));
+    }
+
+    /// The rendered script, inline and script-file forms, through shellcheck
+    /// (CI installs it; elsewhere the test says it skipped).
+    #[test]
+    fn rendered_scripts_pass_shellcheck() {
+        let available = Process::new("shellcheck")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !available {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI needs shellcheck (Debian's shellcheck package)"
+            );
+            eprintln!("SKIPPED: shellcheck is not installed");
+            return;
+        }
+        let mut inline = spec("/scratch/u/run-1");
+        inline.artifacts = vec!["out/**".into()];
+        inline.env_file = Some(".env".into());
+        let mut file = inline.clone();
+        file.command = Command::ScriptFile("ci/run tests.sh".into());
+        for spec in [inline, file] {
+            let tmp = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(tmp.path(), render(&spec).unwrap()).unwrap();
+            let out = Process::new("shellcheck")
+                // SC2317: the epilogue and signal handlers are called from traps.
+                .args(["--severity=style", "--shell=bash", "--exclude=SC2317"])
+                .arg(tmp.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
     }
 
     #[test]
