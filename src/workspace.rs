@@ -151,7 +151,8 @@ impl UnpackReport {
 /// One archive entry [`unpack_artifacts`] left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedEntry {
-    /// The entry's name as the archive spells it (lossy UTF-8).
+    /// The entry's name (lossy UTF-8): without `./` and repeated slashes
+    /// when it is a relative path, else as the archive spells it.
     pub path: String,
     /// The target of a symlink or hard link entry, as the archive spells it.
     pub link: Option<String>,
@@ -832,8 +833,13 @@ pub fn unpack_artifacts(archive: &Path, dest: &Path) -> Result<UnpackReport> {
             Placed::Hardlink => report.hardlinks += 1,
             Placed::Nothing => {}
             Placed::Skipped(why) => {
+                // `./out/etc` reads as `out/etc`; an unsafe name as it is.
+                let path = match safe_relative(&raw_name) {
+                    Ok(rel) => rel.to_string_lossy().into_owned(),
+                    Err(_) => String::from_utf8_lossy(&raw_name).into_owned(),
+                };
                 let skipped = SkippedEntry {
-                    path: String::from_utf8_lossy(&raw_name).into_owned(),
+                    path,
                     link: link.map(|l| String::from_utf8_lossy(&l).into_owned()),
                     why,
                 };
