@@ -484,6 +484,10 @@ async fn fetch_artifacts(config: &Config, ci: &Ci, remote: &Remote<'_>) {
             format_bytes(report.bytes),
             config.workspace.display()
         );
+        // Unsafe entries were left out, the rest delivered: one warning names them.
+        if let Some(warning) = report.skipped_warning() {
+            ci.warning("artifacts", &warning);
+        }
         anyhow::Ok(())
     }
     .await;

@@ -1,7 +1,9 @@
 //! Integration tests: the real firecrest-ci code against a stateful FirecREST
 //! double (`fake`), which has self-tests of its own in `fake_selftest`;
-//! whole runs through the `local` backend (`local`) and a real Slurm (`slurm`).
+//! whole runs through the `local` backend (`local`) and a real Slurm (`slurm`);
+//! artifacts with unsafe entries, both ways (`artifacts`).
 
+mod artifacts;
 mod bench;
 mod fake;
 mod fake_selftest;
