@@ -25,6 +25,10 @@ pub mod codes {
     pub const UNAVAILABLE: i32 = 69;
     /// A bug or an unexpected answer in the tool itself.
     pub const INTERNAL: i32 = 70;
+    /// The job succeeded, but what it produced did not all reach CI: its
+    /// whole log could not be shown or its artifacts not brought back. The
+    /// run directory is kept so that nothing is lost.
+    pub const INCOMPLETE: i32 = 74;
     /// The node failed, did not boot, or the job was preempted: retrying may help.
     pub const TEMPFAIL: i32 = 75;
     /// Authentication failed or access was refused.
@@ -173,6 +177,18 @@ impl Outcome {
             success: exit_code == codes::SUCCESS,
             reason,
         }
+    }
+
+    /// This outcome, except that what the job produced did not all reach CI:
+    /// a successful job becomes [`codes::INCOMPLETE`] (never green), a failed
+    /// one keeps its own code. `why` is added to the reason.
+    pub fn incomplete(self, why: &str) -> Self {
+        let code = if self.success {
+            codes::INCOMPLETE
+        } else {
+            self.exit_code
+        };
+        Self::new(code, &self.state, format!("{}; {why}", self.reason))
     }
 
     /// The tool's own `timeout` input expired and it cancelled the job;
@@ -688,7 +704,7 @@ mod tests {
                 Some((name.to_string(), value.trim_end_matches(';').parse().ok()?))
             })
             .collect();
-        assert_eq!(constants.len(), 16, "{constants:?}");
+        assert_eq!(constants.len(), 17, "{constants:?}");
 
         let readme = include_str!("../README.md");
         let section = readme
@@ -722,6 +738,7 @@ mod tests {
             codes::WORKSPACE_INVALID,
             codes::UNAVAILABLE,
             codes::INTERNAL,
+            codes::INCOMPLETE,
             codes::TEMPFAIL,
             codes::NOPERM,
             codes::CONFIG,
@@ -735,5 +752,20 @@ mod tests {
         ];
         let parsed: Vec<i32> = constants.iter().map(|(_, v)| *v).collect();
         assert_eq!(parsed, compiled);
+    }
+
+    #[test]
+    fn an_incomplete_success_is_never_green_and_a_failure_keeps_its_code() {
+        let done = check("COMPLETED", Some(0), Some(0), 0).incomplete("artifacts missing");
+        assert_eq!(done.exit_code, codes::INCOMPLETE);
+        assert!(!done.success);
+        assert!(
+            done.reason.ends_with("; artifacts missing"),
+            "{}",
+            done.reason
+        );
+        let failed = check("FAILED", Some(3), Some(0), 3).incomplete("artifacts missing");
+        assert_eq!(failed.exit_code, 3);
+        assert_eq!(failed.state, "FAILED");
     }
 }

@@ -26,11 +26,19 @@ const OUTPUT_NAME: &str = "job.out";
 const ERROR_NAME: &str = "job.err";
 const ARTIFACTS_NAME: &str = "artifacts.tar.gz";
 
-/// How long cancelling, draining and cleaning up may take after a signal:
-/// GitHub sends SIGTERM 7.5 s after SIGINT and kills 2.5 s later.
-const STOP_CANCEL_BUDGET: Duration = Duration::from_secs(4);
-const STOP_DRAIN_BUDGET: Duration = Duration::from_millis(1500);
+/// All that follows a signal from CI fits in this: GitHub sends SIGTERM
+/// 7.5 s after SIGINT and kills 2.5 s later.
+const STOP_BUDGET: Duration = Duration::from_millis(7000);
+/// Of it, the cancel request may take this long.
+const STOP_CANCEL_BUDGET: Duration = Duration::from_secs(3);
+/// What is kept back from waiting for the epilogue, for fetching the
+/// artifacts and removing the run directory.
+const STOP_AFTER_DRAIN: Duration = Duration::from_millis(2500);
+/// Removing the run directory after a stop may take this long.
 const STOP_CLEANUP_BUDGET: Duration = Duration::from_millis(1500);
+/// After the run's own timeout, waiting for the job's epilogue may take this
+/// long (no CI grace period is running then).
+const DEADLINE_DRAIN_BUDGET: Duration = Duration::from_secs(30);
 
 /// Runs the whole pipeline; returns the exit code the outcome table gives.
 pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Result<i32> {
@@ -171,10 +179,23 @@ impl Remote<'_> {
 }
 
 /// How watching ended, with what the rest of the pipeline needs.
+/// `script_ended`: the batch script's last line was shown, so its epilogue
+/// (packing the artifacts) ran to the end.
 enum Ended {
-    Finished(Outcome, Box<JobStatus>),
-    Stopped(i32),
-    Deadline,
+    Finished {
+        outcome: Outcome,
+        status: Box<JobStatus>,
+        script_ended: bool,
+    },
+    Stopped {
+        signal: i32,
+        script_ended: bool,
+        /// When the time CI leaves after its signal runs out.
+        until: Instant,
+    },
+    Deadline {
+        script_ended: bool,
+    },
 }
 
 async fn pack_workspace(config: &Config, ci: &Ci, archive: &Path) -> Result<PackReport> {
@@ -348,21 +369,32 @@ async fn watch_job(
     ci.group_start("job-output", &format!("Output of job {job}"));
     let end = watcher.watch(job, stop, deadline).await;
     let ended = match end {
-        Ok(WatchEnd::Finished(status)) => Ok(Ended::Finished(
-            outcome::outcome_for(&status),
-            Box::new(status),
-        )),
+        Ok(WatchEnd::Finished(status)) => Ok(Ended::Finished {
+            outcome: outcome::outcome_for(&status),
+            status: Box::new(status),
+            script_ended: watcher.script_ended(),
+        }),
         Ok(WatchEnd::Stopped(signal)) => {
+            let until = Instant::now() + STOP_BUDGET;
             tracing::warn!("cancelling job {job}: CI stopped the run");
             cancel_all(remote.backend, job, staged, STOP_CANCEL_BUDGET).await;
-            watcher.drain_within(STOP_DRAIN_BUDGET).await;
-            Ok(Ended::Stopped(signal))
+            // The job's epilogue packs the artifacts: show its output up to
+            // the script's last line, leaving time to fetch them.
+            let left = until.saturating_duration_since(Instant::now());
+            let script_ended = watcher
+                .drain_within(left.saturating_sub(STOP_AFTER_DRAIN))
+                .await;
+            Ok(Ended::Stopped {
+                signal,
+                script_ended,
+                until,
+            })
         }
         Ok(WatchEnd::DeadlineReached) => {
             tracing::warn!("cancelling job {job}: the run's timeout expired");
             cancel_all(remote.backend, job, staged, STOP_CANCEL_BUDGET * 2).await;
-            watcher.drain_within(STOP_DRAIN_BUDGET * 2).await;
-            Ok(Ended::Deadline)
+            let script_ended = watcher.drain_within(DEADLINE_DRAIN_BUDGET).await;
+            Ok(Ended::Deadline { script_ended })
         }
         Err(err) => {
             tracing::warn!("cancelling job {job}: the run cannot follow it any more");
@@ -414,8 +446,28 @@ async fn finish(
             return Err(err);
         }
     };
+    let wants_artifacts =
+        |success: bool| !config.artifacts.is_empty() && config.artifacts_when.matches(success);
     match ended {
-        Ended::Stopped(signal) => {
+        Ended::Stopped {
+            signal,
+            script_ended,
+            until,
+        } => {
+            if wants_artifacts(false) {
+                let left = until
+                    .saturating_duration_since(Instant::now())
+                    .saturating_sub(STOP_CLEANUP_BUDGET);
+                let fetched =
+                    tokio::time::timeout(left, fetch_artifacts(config, ci, remote, script_ended))
+                        .await;
+                if fetched.is_err() {
+                    ci.warning(
+                        "artifacts",
+                        "no time was left to bring the artifacts back before CI's grace period ends",
+                    );
+                }
+            }
             if config.cleanup.should_remove(false) {
                 remote.cleanup_within(STOP_CLEANUP_BUDGET).await;
             }
@@ -423,7 +475,10 @@ async fn finish(
             report_stopped(ci, job, code, "CI cancelled the run; the job was cancelled");
             Ok(code)
         }
-        Ended::Deadline => {
+        Ended::Deadline { script_ended } => {
+            if wants_artifacts(false) {
+                fetch_artifacts(config, ci, remote, script_ended).await;
+            }
             if config.cleanup.should_remove(false) {
                 remote.cleanup().await;
             }
@@ -434,12 +489,27 @@ async fn finish(
             report_stopped(ci, job, codes::RUN_TIMEOUT, &message);
             Ok(codes::RUN_TIMEOUT)
         }
-        Ended::Finished(outcome, status) => {
-            if !config.artifacts.is_empty() && config.artifacts_when.matches(outcome.success) {
-                fetch_artifacts(config, ci, remote).await;
+        Ended::Finished {
+            mut outcome,
+            status,
+            script_ended,
+        } => {
+            let mut keep = false;
+            if wants_artifacts(outcome.success) {
+                let fetched = fetch_artifacts(config, ci, remote, script_ended).await;
+                if outcome.success && fetched != Artifacts::Delivered {
+                    // Green would claim results that are not there.
+                    outcome = outcome.incomplete(
+                        "the job succeeded, but its artifacts could not be brought back; \
+                         the run directory was kept",
+                    );
+                    keep = true;
+                }
             }
-            if config.cleanup.should_remove(outcome.success) {
+            if !keep && config.cleanup.should_remove(outcome.success) {
                 remote.cleanup().await;
+            } else if keep {
+                tracing::warn!("kept {} so that nothing is lost", remote.run_dir);
             } else {
                 tracing::info!("kept {} (cleanup: {:?})", remote.run_dir, config.cleanup);
             }
@@ -455,7 +525,27 @@ async fn finish(
     }
 }
 
-async fn fetch_artifacts(config: &Config, ci: &Ci, remote: &Remote<'_>) {
+/// What came of bringing the artifacts back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Artifacts {
+    /// Unpacked into the workspace (possibly nothing: no pattern matched,
+    /// which the job's output and a warning say).
+    Delivered,
+    /// The job left no artifacts archive: its epilogue did not get to pack.
+    NotPacked,
+    /// The archive could not be downloaded or unpacked.
+    Failed,
+}
+
+/// Brings the artifacts back; every way it can fail is said in the CI log.
+/// `script_ended`: the job's epilogue ran to the end, so a missing archive
+/// is the epilogue's failure rather than a kill.
+async fn fetch_artifacts(
+    config: &Config,
+    ci: &Ci,
+    remote: &Remote<'_>,
+    script_ended: bool,
+) -> Artifacts {
     ci.group_start("artifacts", "Fetching artifacts");
     let result = async {
         let scratch = tempfile::Builder::new()
@@ -469,8 +559,7 @@ async fn fetch_artifacts(config: &Config, ci: &Ci, remote: &Remote<'_>) {
             .await
             .context("failed to download the artifacts")?;
         if !found {
-            tracing::warn!("the job left no artifacts archive: none of the artifact paths matched");
-            return Ok(());
+            return anyhow::Ok(None);
         }
         let dest = config.workspace.clone();
         let report =
@@ -478,22 +567,44 @@ async fn fetch_artifacts(config: &Config, ci: &Ci, remote: &Remote<'_>) {
                 .await
                 .context("the unpacking task failed")?
                 .context("failed to unpack the artifacts")?;
-        tracing::info!(
-            "artifacts: {} files ({}) unpacked into {}",
-            report.files,
-            format_bytes(report.bytes),
-            config.workspace.display()
-        );
-        // Unsafe entries were left out, the rest delivered: one warning names them.
-        if let Some(warning) = report.skipped_warning() {
-            ci.warning("artifacts", &warning);
-        }
-        anyhow::Ok(())
+        Ok(Some(report))
     }
     .await;
     ci.group_end("artifacts");
-    if let Err(err) = result {
-        ci.warning("artifacts", &format!("{err:#}"));
+    match result {
+        Ok(Some(report)) => {
+            if report.files + report.symlinks + report.dirs == 0 && report.skipped.is_empty() {
+                ci.warning(
+                    "artifacts",
+                    "no artifacts: none of the artifact paths matched (the job's output names each pattern)",
+                );
+            } else {
+                tracing::info!(
+                    "artifacts: {} files ({}) unpacked into {}",
+                    report.files,
+                    format_bytes(report.bytes),
+                    config.workspace.display()
+                );
+            }
+            // Unsafe entries were left out, the rest delivered: one warning names them.
+            if let Some(warning) = report.skipped_warning() {
+                ci.warning("artifacts", &warning);
+            }
+            Artifacts::Delivered
+        }
+        Ok(None) => {
+            let why = if script_ended {
+                "no artifacts: the job's epilogue could not pack them (its warning is in the job's output)"
+            } else {
+                "no artifacts: the job was killed before its epilogue could pack them"
+            };
+            ci.warning("artifacts", why);
+            Artifacts::NotPacked
+        }
+        Err(err) => {
+            ci.warning("artifacts", &format!("{err:#}"));
+            Artifacts::Failed
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::process::{Child, ChildStdin, Command};
@@ -35,9 +35,11 @@ const MAX_READ: u64 = 4 * 1024 * 1024;
 /// The one archive part a local upload produces.
 const WORKSPACE_PART: &str = "workspace.tar.gz";
 
-/// How long a job may ignore SIGTERM (cancel or time limit) before SIGKILL;
-/// Slurm's `KillWait` plays this part on a cluster.
-const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long a job may take to end after SIGTERM (cancel or time limit)
+/// before SIGKILL; Slurm's `KillWait` plays this part on a cluster. Longer
+/// than the batch script's own grace for the commands, so that its epilogue
+/// still runs.
+const KILL_GRACE: Duration = Duration::from_secs(crate::script::COMMANDS_GRACE_SECS as u64 + 5);
 
 /// Variables a job inherits from this process. Like `sbatch --export=NONE`,
 /// nothing else gets through (CI secrets stay out of the job); the login
@@ -354,14 +356,15 @@ fn open_output(working_dir: &Path, name: &str) -> Result<std::fs::File> {
         .with_context(|| format!("failed to open job output file {}", path.display()))
 }
 
-/// The wrapper that starts the job. It is the job's process group leader
-/// and `exec`s `bash -l <script>`; before that it leaves a watcher in the
-/// group that reads a pipe only this process writes to. When that pipe
-/// closes (the job ended, or this process died, even by SIGKILL) the watcher
-/// kills the whole group, so no part of the job outlives its run; Slurm does
-/// the same at the end of a job.
+/// The wrapper that starts the job. It leads a session of its own (which,
+/// like Slurm's process tracking, holds every process of the job whatever
+/// process groups the script makes) and `exec`s `bash -l <script>`; before
+/// that it leaves a watcher in the session that reads a pipe only this
+/// process writes to. When that pipe closes (the job ended, or this process
+/// died, even by SIGKILL) the watcher kills the whole session, so no part of
+/// the job outlives its run; Slurm does the same at the end of a job.
 const WRAPPER: &str = r#"exec 3<&0
-( read -r _ <&3; kill -KILL 0 ) &
+( trap '' TERM INT HUP; read -r _ <&3; pkill -KILL -s "$$" 2>/dev/null; kill -KILL 0 ) &
 exec bash -l "$1" </dev/null 3<&-"#;
 
 impl LocalBackend {
@@ -430,7 +433,6 @@ impl LocalBackend {
             .stdout(stdout)
             .stderr(stderr)
             .env_clear()
-            .process_group(0)
             .kill_on_drop(true);
         for key in PASSED_ENV {
             if let Some(value) = std::env::var_os(key) {
@@ -443,9 +445,10 @@ impl LocalBackend {
             .env("SLURM_SUBMIT_DIR", &wd)
             .env("SLURM_JOB_NODELIST", "localhost")
             .env("SLURM_CPUS_ON_NODE", "1");
-        // SAFETY: prctl is async-signal-safe and touches only this process.
+        // SAFETY: setsid and prctl are async-signal-safe and touch only this process.
         unsafe {
             cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
             });
         }
@@ -467,6 +470,7 @@ async fn supervise(
     mut kill: watch::Receiver<Option<&'static str>>,
     done: watch::Sender<bool>,
 ) {
+    // The wrapper leads the job's session: its pid is the session id.
     let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
     let deadline = limit.map(|l| tokio::time::Instant::now() + l);
     let timed_out = async {
@@ -491,10 +495,10 @@ async fn supervise(
         () = timed_out => { forced = Some("TIMEOUT"); terminate(&mut child, pgid).await }
         state = requested => { forced = Some(state); terminate(&mut child, pgid).await }
     };
-    // Closing the pipe makes the watcher kill what is left of the group.
+    // Closing the pipe makes the watcher kill what is left of the session.
     drop(stdin);
     if let Some(pgid) = pgid {
-        reap_group(
+        reap_session(
             pgid,
             if forced.is_some() {
                 KILL_GRACE
@@ -520,37 +524,64 @@ async fn supervise(
     let _ = done.send(true);
 }
 
-/// SIGTERM to the group, SIGKILL after the grace period; returns the leader's status.
-async fn terminate(child: &mut Child, pgid: Option<Pid>) -> std::io::Result<ExitStatus> {
-    if let Some(pgid) = pgid {
-        let _ = killpg(pgid, Signal::SIGTERM);
+/// SIGTERM to the batch shell alone, as Slurm sends it (the script passes
+/// it on to the commands), SIGKILL to the whole job after the grace period;
+/// returns the batch shell's status.
+async fn terminate(child: &mut Child, sid: Option<Pid>) -> std::io::Result<ExitStatus> {
+    if let Some(pid) = sid {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
     }
     match tokio::time::timeout(KILL_GRACE, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
-            if let Some(pgid) = pgid {
-                let _ = killpg(pgid, Signal::SIGKILL);
+            if let Some(sid) = sid {
+                kill_session(sid, Signal::SIGKILL);
             }
             child.wait().await
         }
     }
 }
 
-/// Waits until the process group is empty, SIGKILLing it after `grace`.
-async fn reap_group(pgid: Pid, grace: Duration) {
+/// Waits until no process of the session is left, SIGKILLing them after `grace`.
+async fn reap_session(sid: Pid, grace: Duration) {
     let start = tokio::time::Instant::now();
     let mut killed = false;
-    while killpg(pgid, None).is_ok() {
+    while !session_members(sid).is_empty() {
         if !killed && start.elapsed() >= grace {
-            let _ = killpg(pgid, Signal::SIGKILL);
+            kill_session(sid, Signal::SIGKILL);
             killed = true;
         }
         if start.elapsed() >= grace + Duration::from_secs(5) {
-            tracing::warn!("process group {pgid} of a local job did not go away");
+            tracing::warn!("session {sid} of a local job did not go away");
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn kill_session(sid: Pid, signal: Signal) {
+    for pid in session_members(sid) {
+        let _ = nix::sys::signal::kill(pid, signal);
+    }
+}
+
+/// The live (not zombie) processes of session `sid`, from `/proc`.
+fn session_members(sid: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid pgrp session ...; comm may hold spaces.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let live = !matches!(fields.first(), Some(&"Z" | &"X"));
+            let session: i32 = fields.get(3)?.parse().ok()?;
+            (live && session == sid.as_raw()).then(|| Pid::from_raw(pid))
+        })
+        .collect()
 }
 
 /// Slurm's state and `rc:signal` for a wait status.

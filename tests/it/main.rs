@@ -11,4 +11,5 @@ mod faults;
 mod harness;
 mod lifecycle;
 mod local;
+mod signals;
 mod slurm;

@@ -49,7 +49,7 @@ fn slurm_unavailable() -> Option<String> {
 }
 
 /// True (after printing why) when the test cannot run here.
-fn skipped(test: &str) -> bool {
+pub(crate) fn skipped(test: &str) -> bool {
     match slurm_unavailable() {
         Some(reason) => {
             // Straight to stderr: libtest captures eprintln! of passing tests.
@@ -65,7 +65,7 @@ fn skipped(test: &str) -> bool {
 }
 
 /// A run through Slurm with a unique job name; returns the setup and the name.
-fn setup(tag: &str, run: &str) -> (Setup, String) {
+pub(crate) fn setup(tag: &str, run: &str) -> (Setup, String) {
     let name = unique_name(tag);
     let mut setup = Setup::slurm(run);
     setup.set("FIRECREST_JOB_NAME", name.clone());
@@ -73,7 +73,7 @@ fn setup(tag: &str, run: &str) -> (Setup, String) {
 }
 
 /// `squeue` lines for jobs named `name` (pending, running or completing).
-fn queued(name: &str) -> Vec<String> {
+pub(crate) fn queued(name: &str) -> Vec<String> {
     let out = Command::new("squeue")
         .args(["-h", "-n", name, "-o", "%i %T"])
         .output()
@@ -90,7 +90,7 @@ fn queued(name: &str) -> Vec<String> {
 }
 
 /// Slurm's state of the job named `name`, as `scontrol` still knows it.
-fn final_state(name: &str) -> String {
+pub(crate) fn final_state(name: &str) -> String {
     let out = Command::new("scontrol")
         .args(["show", "job", "-o"])
         .output()
@@ -108,7 +108,7 @@ fn final_state(name: &str) -> String {
 
 /// No job of that name in `squeue`, no process of it on this machine, and
 /// nothing left in the base for run directories.
-fn assert_nothing_left(setup: &Setup, name: &str) {
+pub(crate) fn assert_nothing_left(setup: &Setup, name: &str) {
     assert!(
         wait_until(Duration::from_secs(30), || queued(name).is_empty()),
         "job {name} is still in squeue: {:?}",
@@ -138,7 +138,7 @@ fn log_file(setup: &Setup) -> String {
 }
 
 /// The tool's one-line final report.
-fn report(outcome: &Outcome) -> &str {
+pub(crate) fn report(outcome: &Outcome) -> &str {
     outcome
         .stdout
         .lines()
@@ -147,7 +147,7 @@ fn report(outcome: &Outcome) -> &str {
 }
 
 /// Starts the tool and returns once the job printed `marker`.
-fn spawn_until_started(setup: &Setup, marker: &str) -> (std::process::Child, Instant) {
+pub(crate) fn spawn_until_started(setup: &Setup, marker: &str) -> (std::process::Child, Instant) {
     let started = Instant::now();
     let child = setup.spawn();
     let running = wait_until(LIMIT, || setup.job_output_contains(marker));

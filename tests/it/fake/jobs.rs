@@ -1,7 +1,15 @@
 //! The fake Slurm: `/compute/{system}/jobs` and a scheduler thread that runs
-//! each submitted script for real with bash in its own process group, and
+//! each submitted script for real with bash in a session of its own, and
 //! reports states shaped like the recorded sacct output (PENDING, RUNNING,
 //! COMPLETED 0:0, FAILED n:0, FAILED 0:sig, TIMEOUT, `CANCELLED by 1001`).
+//!
+//! Signals follow `recorded/job_cancel_traps.json`: at the time limit and on
+//! cancel, SIGTERM goes to the batch shell alone (its foreground command is
+//! not signalled, so a shell that traps TERM while a command runs in the
+//! foreground runs its trap only when that command ends); KillWait later,
+//! SIGKILL goes to every process of the job. The session stands for Slurm's
+//! process tracking: it holds the job's processes whatever process groups
+//! the script makes, and ends with the batch shell.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -10,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
@@ -196,15 +204,20 @@ impl Job {
         self.state = JState::Final(f);
     }
 
+    /// Signals every process of the job (its session).
     fn signal_group(&self, sig: Signal) {
-        if let Some(pgid) = self.pgid {
-            let _ = killpg(Pid::from_raw(pgid), sig);
+        if let Some(sid) = self.pgid {
+            for pid in session_members(sid) {
+                let _ = kill(Pid::from_raw(pid), sig);
+            }
         }
     }
 
-    /// SIGTERM now, SIGKILL after KillWait.
+    /// SIGTERM to the batch shell now, SIGKILL to the whole job after KillWait.
     fn terminate(&mut self, kill_wait: Duration) {
-        self.signal_group(Signal::SIGTERM);
+        if let Some(pid) = self.pgid {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
         if let Some(p) = &mut self.proc {
             p.kill_at = Some(Instant::now() + kill_wait);
         }
@@ -559,6 +572,19 @@ pub fn cancel(st: &mut State, id: u64) -> Response {
             Response::json(204, &Value::Null)
         }
         JState::Running => {
+            // slurmstepd's line in the job's stderr, as recorded.
+            let stamp = Command::new("date")
+                .arg("+%Y-%m-%dT%H:%M:%S")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            if let Ok(mut err) = OpenOptions::new().append(true).open(&job.stderr) {
+                use std::io::Write;
+                let _ = writeln!(
+                    err,
+                    "slurmstepd-vm: error: *** JOB {id} ON vm CANCELLED AT {stamp} ***"
+                );
+            }
             job.terminate(kill_wait);
             job.finish(Final {
                 state: cancelled,
@@ -751,32 +777,51 @@ fn spawn(job: &Job, cluster: &Cluster) -> std::io::Result<Child> {
         .envs(job.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
-        .process_group(0);
+        .stderr(err);
+    // SAFETY: setsid is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
     cmd.spawn()
 }
 
-/// Process groups of jobs that still have a live (non-zombie) process.
-pub fn live_groups(pgids: &[i32]) -> Vec<i32> {
+/// The live (non-zombie) processes of session `sid`, from /proc.
+fn session_members(sid: i32) -> Vec<i32> {
+    proc_stats()
+        .filter(|(_, _, session)| *session == sid)
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+/// (pid, state, session) of every process, from /proc/<pid>/stat.
+fn proc_stats() -> impl Iterator<Item = (i32, String, i32)> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid pgrp session ...; comm may contain spaces.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let session = f.get(3)?.parse().ok()?;
+            let state = f.first()?.to_string();
+            (state != "Z" && state != "X").then_some((pid, state, session))
+        })
+}
+
+/// Jobs (by the session id their batch shell leads) that still have a live
+/// (non-zombie) process.
+pub fn live_groups(sids: &[i32]) -> Vec<i32> {
     let mut live = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return live;
-    };
-    for e in rd.flatten() {
-        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid pgrp ...; comm may contain spaces.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 2 && f[0] != "Z" && f[0] != "X" {
-            if let Ok(pgrp) = f[2].parse::<i32>() {
-                if pgids.contains(&pgrp) && !live.contains(&pgrp) {
-                    live.push(pgrp);
-                }
-            }
+    for (_, _, session) in proc_stats() {
+        if sids.contains(&session) && !live.contains(&session) {
+            live.push(session);
         }
     }
     live
