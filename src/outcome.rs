@@ -25,6 +25,10 @@ pub mod codes {
     pub const UNAVAILABLE: i32 = 69;
     /// A bug or an unexpected answer in the tool itself.
     pub const INTERNAL: i32 = 70;
+    /// Output incomplete: the job succeeded but part of its log could not be
+    /// shown; the run directory (with the whole log) was kept. A job that
+    /// failed keeps its own code.
+    pub const OUTPUT_INCOMPLETE: i32 = 74;
     /// The node failed, did not boot, or the job was preempted: retrying may help.
     pub const TEMPFAIL: i32 = 75;
     /// Authentication failed or access was refused.
@@ -166,6 +170,21 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The same outcome for a run that could not show all of the job's
+    /// output: never a success, so CI does not go green on a log nobody
+    /// saw; a failed job keeps its own code.
+    pub fn output_incomplete(mut self) -> Self {
+        if self.exit_code == codes::SUCCESS {
+            self.exit_code = codes::OUTPUT_INCOMPLETE;
+            self.reason = format!(
+                "{}, but part of its output could not be shown (the run directory was kept)",
+                self.reason
+            );
+        }
+        self.success = false;
+        self
+    }
+
     fn new(exit_code: i32, state: &str, reason: String) -> Self {
         Self {
             exit_code,
@@ -414,6 +433,26 @@ mod tests {
             retry_after: None,
         })
         .context("failed to read the user's name")
+    }
+
+    #[test]
+    fn incomplete_output_never_exits_zero_and_failures_keep_their_code() {
+        let ok = outcome_for(&JobStatus {
+            state: "COMPLETED".into(),
+            exit_code: Some(0),
+            signal: Some(0),
+            ..JobStatus::default()
+        });
+        let incomplete = ok.output_incomplete();
+        assert_eq!(incomplete.exit_code, codes::OUTPUT_INCOMPLETE);
+        assert!(!incomplete.success);
+        let failed = outcome_for(&JobStatus {
+            state: "FAILED".into(),
+            exit_code: Some(3),
+            signal: Some(0),
+            ..JobStatus::default()
+        });
+        assert_eq!(failed.output_incomplete().exit_code, 3);
     }
 
     #[test]
@@ -688,7 +727,7 @@ mod tests {
                 Some((name.to_string(), value.trim_end_matches(';').parse().ok()?))
             })
             .collect();
-        assert_eq!(constants.len(), 16, "{constants:?}");
+        assert_eq!(constants.len(), 17, "{constants:?}");
 
         let readme = include_str!("../README.md");
         let section = readme
@@ -722,6 +761,7 @@ mod tests {
             codes::WORKSPACE_INVALID,
             codes::UNAVAILABLE,
             codes::INTERNAL,
+            codes::OUTPUT_INCOMPLETE,
             codes::TEMPFAIL,
             codes::NOPERM,
             codes::CONFIG,

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use crate::backend::{self, Backend, JobId, JobSpec, JobStatus, StagedWorkspace};
 use crate::ci::Ci;
 use crate::config::{BackendKind, Config, Credentials, UserCommand};
-use crate::job::{OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
+use crate::job::{Missing, OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
 use crate::outcome::{self, codes, Outcome};
 use crate::progress::{format_bytes, format_duration};
 use crate::script::{self, ScriptSpec};
@@ -172,7 +172,8 @@ impl Remote<'_> {
 
 /// How watching ended, with what the rest of the pipeline needs.
 enum Ended {
-    Finished(Outcome, Box<JobStatus>),
+    /// The job ended; the output that could not be shown, per file.
+    Finished(Outcome, Box<JobStatus>, Vec<(String, Missing)>),
     Stopped(i32),
     Deadline,
 }
@@ -351,6 +352,11 @@ async fn watch_job(
         Ok(WatchEnd::Finished(status)) => Ok(Ended::Finished(
             outcome::outcome_for(&status),
             Box::new(status),
+            watcher
+                .files
+                .iter()
+                .filter_map(|f| Some((f.path.clone(), f.missing.clone()?)))
+                .collect(),
         )),
         Ok(WatchEnd::Stopped(signal)) => {
             tracing::warn!("cancelling job {job}: CI stopped the run");
@@ -434,11 +440,20 @@ async fn finish(
             report_stopped(ci, job, codes::RUN_TIMEOUT, &message);
             Ok(codes::RUN_TIMEOUT)
         }
-        Ended::Finished(outcome, status) => {
+        Ended::Finished(outcome, status, missing) => {
             if !config.artifacts.is_empty() && config.artifacts_when.matches(outcome.success) {
                 fetch_artifacts(config, ci, remote).await;
             }
-            if config.cleanup.should_remove(outcome.success) {
+            let outcome = if missing.is_empty() {
+                outcome
+            } else {
+                // The run directory holds the only whole copy of the log.
+                report_missing(ci, remote, &missing);
+                outcome.output_incomplete()
+            };
+            if !missing.is_empty() {
+                tracing::warn!("kept {}: it holds the job's whole output", remote.run_dir);
+            } else if config.cleanup.should_remove(outcome.success) {
                 remote.cleanup().await;
             } else {
                 tracing::info!("kept {} (cleanup: {:?})", remote.run_dir, config.cleanup);
@@ -549,6 +564,20 @@ fn report_outcome(config: &Config, ci: &Ci, job: &JobId, outcome: &Outcome, timi
     }
     if !outcome.success {
         ci.error(&format!("job {job} {}", outcome.state), &outcome.reason);
+    }
+}
+
+/// Says loudly which output the CI log lacks and where the whole log is.
+fn report_missing(ci: &Ci, remote: &Remote<'_>, missing: &[(String, Missing)]) {
+    for (path, range) in missing {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let line = format!(
+            "firecrest-ci: {range} of {name} could not be shown; the whole file is {path} \
+             (the run directory {} was kept)",
+            remote.run_dir
+        );
+        ci.print_line(&line);
+        ci.error("job output incomplete", &line);
     }
 }
 
