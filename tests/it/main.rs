@@ -4,9 +4,11 @@
 
 mod bench;
 mod fake;
+mod fake_replay;
 mod fake_selftest;
 mod faults;
 mod harness;
+mod large_output;
 mod lifecycle;
 mod local;
 mod slurm;

@@ -49,7 +49,7 @@ fn slurm_unavailable() -> Option<String> {
 }
 
 /// True (after printing why) when the test cannot run here.
-fn skipped(test: &str) -> bool {
+pub(crate) fn skipped(test: &str) -> bool {
     match slurm_unavailable() {
         Some(reason) => {
             // Straight to stderr: libtest captures eprintln! of passing tests.
@@ -65,7 +65,7 @@ fn skipped(test: &str) -> bool {
 }
 
 /// A run through Slurm with a unique job name; returns the setup and the name.
-fn setup(tag: &str, run: &str) -> (Setup, String) {
+pub(crate) fn setup(tag: &str, run: &str) -> (Setup, String) {
     let name = unique_name(tag);
     let mut setup = Setup::slurm(run);
     setup.set("FIRECREST_JOB_NAME", name.clone());
