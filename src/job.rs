@@ -89,6 +89,27 @@ pub struct OutputFile {
     decoder: Utf8Stream,
     failing_since: Option<Instant>,
     warned: bool,
+    /// The last read gave bytes: there may be more.
+    last_read_gave: bool,
+    /// What could not be shown, decided when the job's output was drained.
+    pub missing: Option<Missing>,
+}
+
+/// Bytes of an output file that could not be shown: from `start` to `end`
+/// (the file's size when it could still be read; `None` when not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.end {
+            Some(end) => write!(f, "bytes {}-{end}", self.start),
+            None => write!(f, "bytes {} to the end", self.start),
+        }
+    }
 }
 
 impl OutputFile {
@@ -100,6 +121,8 @@ impl OutputFile {
             decoder: Utf8Stream::default(),
             failing_since: None,
             warned: false,
+            last_read_gave: false,
+            missing: None,
         }
     }
 }
@@ -352,6 +375,7 @@ impl<'a> Watcher<'a> {
         let file = &mut self.files[index];
         file.failing_since = None;
         file.warned = false;
+        file.last_read_gave = chunk.advance > 0;
         if chunk.advance == 0 {
             return Ok(0);
         }
@@ -452,7 +476,33 @@ impl<'a> Watcher<'a> {
                 break;
             }
         }
+        self.note_missing().await;
         self.flush_partial()
+    }
+
+    /// After the drain: a file whose last read failed, or still gave bytes,
+    /// may have output that was never shown. Its size says how much; a file
+    /// that cannot even be measured is missing from the offset on.
+    async fn note_missing(&mut self) {
+        for file in &mut self.files {
+            if file.failing_since.is_none() && !file.last_read_gave {
+                continue;
+            }
+            let end = match self.backend.output_size(&file.path).await {
+                Ok(size) => size,
+                Err(err) => {
+                    tracing::debug!("could not measure {}: {err:#}", file.path);
+                    None
+                }
+            };
+            let unread = end.map_or(file.failing_since.is_some(), |end| end > file.offset);
+            if unread {
+                file.missing = Some(Missing {
+                    start: file.offset,
+                    end,
+                });
+            }
+        }
     }
 
     /// For a run that is being stopped: show what comes until the script's

@@ -188,7 +188,7 @@ impl Outcome {
         } else {
             self.exit_code
         };
-        Self::new(code, &self.state, format!("{}; {why}", self.reason))
+        Self::new(code, &self.state, format!("{}, {why}", self.reason))
     }
 
     /// The tool's own `timeout` input expired and it cancelled the job;

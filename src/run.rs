@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use crate::backend::{self, Backend, JobId, JobSpec, JobStatus, StagedWorkspace};
 use crate::ci::Ci;
 use crate::config::{BackendKind, Config, Credentials, UserCommand};
-use crate::job::{OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
+use crate::job::{Missing, OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
 use crate::outcome::{self, codes, Outcome};
 use crate::progress::{format_bytes, format_duration};
 use crate::script::{self, ScriptSpec};
@@ -186,6 +186,8 @@ enum Ended {
         outcome: Outcome,
         status: Box<JobStatus>,
         script_ended: bool,
+        /// The output that could not be shown, per file.
+        missing: Vec<(String, Missing)>,
     },
     Stopped {
         signal: i32,
@@ -373,6 +375,11 @@ async fn watch_job(
             outcome: outcome::outcome_for(&status),
             status: Box::new(status),
             script_ended: watcher.script_ended(),
+            missing: watcher
+                .files
+                .iter()
+                .filter_map(|f| Some((f.path.clone(), f.missing.clone()?)))
+                .collect(),
         }),
         Ok(WatchEnd::Stopped(signal)) => {
             let until = Instant::now() + STOP_BUDGET;
@@ -493,18 +500,27 @@ async fn finish(
             mut outcome,
             status,
             script_ended,
+            missing,
         } => {
+            // Keep the run directory when it holds what CI did not get.
             let mut keep = false;
             if wants_artifacts(outcome.success) {
                 let fetched = fetch_artifacts(config, ci, remote, script_ended).await;
                 if outcome.success && fetched != Artifacts::Delivered {
                     // Green would claim results that are not there.
                     outcome = outcome.incomplete(
-                        "the job succeeded, but its artifacts could not be brought back; \
-                         the run directory was kept",
+                        "but its artifacts could not be brought back (the run directory was kept)",
                     );
                     keep = true;
                 }
+            }
+            if !missing.is_empty() {
+                // The run directory holds the only whole copy of the log.
+                report_missing(ci, remote, &missing);
+                outcome = outcome.incomplete(
+                    "but part of its output could not be shown (the run directory was kept)",
+                );
+                keep = true;
             }
             if !keep && config.cleanup.should_remove(outcome.success) {
                 remote.cleanup().await;
@@ -664,6 +680,20 @@ fn report_outcome(config: &Config, ci: &Ci, job: &JobId, outcome: &Outcome, timi
     }
     if !outcome.success {
         ci.error(&format!("job {job} {}", outcome.state), &outcome.reason);
+    }
+}
+
+/// Says loudly which output the CI log lacks and where the whole log is.
+fn report_missing(ci: &Ci, remote: &Remote<'_>, missing: &[(String, Missing)]) {
+    for (path, range) in missing {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let line = format!(
+            "firecrest-ci: {range} of {name} could not be shown; the whole file is {path} \
+             (the run directory {} was kept)",
+            remote.run_dir
+        );
+        ci.print_line(&line);
+        ci.error("job output incomplete", &line);
     }
 }
 

@@ -1,8 +1,10 @@
 //! Choosing how bytes cross to and from the cluster through FirecREST:
 //! direct `ops/upload` within the server's size limit, parts just under the
 //! limit (reassembled by the batch job) above it, and the S3-staged transfer
-//! for archives beyond a threshold. Pure decisions here, unit tested; the
-//! calls themselves live in `backend/firecrest.rs`.
+//! for archives beyond a threshold; and how a job's output is read in pieces
+//! the server's buffer can hold, byte-exact although its replies are
+//! lossily decoded text. Pure decisions here, unit tested; the calls
+//! themselves live in `backend/firecrest.rs`.
 
 use std::ops::Range;
 
@@ -116,6 +118,264 @@ pub fn exact_prefix(text: &str) -> &str {
         Some(at) => &text[..at],
         None => text,
     }
+}
+
+/// The largest output piece read at once; the real server answered a
+/// 4 MiB `view` (8 MiB read) with 500 and a 2 MiB one at once.
+pub const MAX_OUTPUT_PIECE: u64 = 2 * 1024 * 1024;
+
+/// Output pieces are not made smaller than this after a 408 or a 500.
+pub const MIN_OUTPUT_PIECE: u64 = 64 * 1024;
+
+/// The output piece for a server limit: a power of two (so the `view`
+/// blocks of a smaller piece start on the blocks of a larger one) whose
+/// double (what `view` reads) stays under the limit.
+pub fn output_piece_for(max_ops_file_size: u64) -> u64 {
+    let fits = (max_ops_file_size.saturating_sub(PART_MARGIN) / 2).max(1);
+    let pow = 1u64 << (63 - fits.leading_zeros());
+    pow.min(MAX_OUTPUT_PIECE)
+}
+
+/// The `view` block size for a read at `offset` when the bytes from
+/// `known_from` to `offset` are known: the largest power of two up to
+/// `piece` whose block holding `offset` starts at or after `known_from`, so
+/// the known bytes tell where `offset` falls in the decoded block.
+/// `size = 1` always qualifies (its block starts at `offset` itself).
+pub fn anchored_block(offset: u64, known_from: u64, piece: u64) -> u64 {
+    let mut size = piece.max(1);
+    while size > 1 && offset / size * size < known_from {
+        size /= 2;
+    }
+    size
+}
+
+/// What a `view` window, decoded by the server from the block start
+/// `block`, says about the file from byte `offset` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowReading {
+    /// These characters are exactly the bytes from `offset` on.
+    Exact(String),
+    /// The server replaced the bytes at `offset` (invalid UTF-8, or a
+    /// U+FFFD in the file): how many is unknown. `after` is the server's
+    /// decoding of what follows the replaced unit, as far as the window
+    /// shows it.
+    Replaced { after: String },
+    /// Nothing at `offset` in this window (the file ends there).
+    Empty,
+    /// The window cannot be placed on the file: the decoded block does not
+    /// start with the known bytes, or without known bytes its start is not
+    /// plain text up to `offset`.
+    Unplaced,
+}
+
+/// Places a `view` window on the file. `window` is the server's decoding
+/// of the block starting at byte `block` (requested with `offset = block`,
+/// so it is sliced from its first character); `known` is the server's
+/// decoding of the file from `block` to `offset`, when known (see
+/// [`KnownOutput::decoded_from`]). The decoder is in its initial state at
+/// `offset` (what precedes it ends with a whole character or a whole
+/// replaced unit), so the known decoding is a prefix of the window and what
+/// follows it is the file from `offset` on. A replacement character
+/// at the end of the window may be a character cut by the block end: it is
+/// never counted.
+pub fn read_window(window: &str, block: u64, offset: u64, known: Option<&str>) -> WindowReading {
+    let skip = (offset - block) as usize;
+    let rest = match known {
+        Some(decoded) => match window.strip_prefix(decoded) {
+            Some(rest) => rest,
+            None => return WindowReading::Unplaced,
+        },
+        None => {
+            let exact = exact_prefix(window);
+            if exact.len() < skip || !exact.is_char_boundary(skip) {
+                return WindowReading::Unplaced;
+            }
+            &window[skip..]
+        }
+    };
+    if rest.is_empty() {
+        return WindowReading::Empty;
+    }
+    let exact = exact_prefix(rest);
+    if !exact.is_empty() {
+        return WindowReading::Exact(exact.to_string());
+    }
+    WindowReading::Replaced {
+        after: rest[char::REPLACEMENT_CHARACTER.len_utf8()..].to_string(),
+    }
+}
+
+/// A stretch of output just before the read offset, as far as it is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Known {
+    /// These exact bytes, ending with a whole character.
+    Bytes(Vec<u8>),
+    /// A replaced unit of this many bytes (1 to 3): the server decodes it
+    /// as one U+FFFD, and each of its bytes after the first, decoded on its
+    /// own, as one U+FFFD too (they are continuation bytes).
+    Unit(u64),
+}
+
+/// The output just before the read offset, kept to place `view` windows
+/// whose block starts before the offset: everything from `start` to `end`
+/// in stretches whose decoding is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnownOutput {
+    parts: std::collections::VecDeque<Known>,
+    start: u64,
+    end: u64,
+}
+
+impl KnownOutput {
+    /// Where the known output starts, when it ends at `offset` (else
+    /// nothing is known: `offset` itself).
+    pub fn known_from(&self, offset: u64) -> u64 {
+        if self.end == offset {
+            self.start
+        } else {
+            offset
+        }
+    }
+
+    /// Exact bytes were read at `offset`.
+    pub fn push_bytes(&mut self, offset: u64, bytes: &[u8]) {
+        self.restart_unless_at(offset);
+        self.parts.push_back(Known::Bytes(bytes.to_vec()));
+        self.end += bytes.len() as u64;
+        self.trim();
+    }
+
+    /// A replaced unit of `len` bytes was read at `offset`.
+    pub fn push_unit(&mut self, offset: u64, len: u64) {
+        self.restart_unless_at(offset);
+        self.parts.push_back(Known::Unit(len));
+        self.end += len;
+        self.trim();
+    }
+
+    /// Bytes whose decoding is not known were read: forget what came before.
+    pub fn forget(&mut self, end: u64) {
+        self.parts.clear();
+        self.start = end;
+        self.end = end;
+    }
+
+    /// The server's decoding of the file from `from` to the end of what is
+    /// known; `None` when `from` is before it.
+    pub fn decoded_from(&self, from: u64) -> Option<String> {
+        if from < self.start || from > self.end {
+            return None;
+        }
+        let mut at = self.start;
+        let mut out = String::new();
+        for part in &self.parts {
+            let len = match part {
+                Known::Bytes(bytes) => bytes.len() as u64,
+                Known::Unit(len) => *len,
+            };
+            if at + len > from {
+                let skip = from.saturating_sub(at);
+                match part {
+                    Known::Bytes(bytes) => {
+                        out.push_str(&String::from_utf8_lossy(&bytes[skip as usize..]))
+                    }
+                    Known::Unit(len) => {
+                        let shown = if skip == 0 { 1 } else { len - skip };
+                        out.extend(std::iter::repeat_n(
+                            char::REPLACEMENT_CHARACTER,
+                            shown as usize,
+                        ));
+                    }
+                }
+            }
+            at += len;
+        }
+        Some(out)
+    }
+
+    fn restart_unless_at(&mut self, offset: u64) {
+        if self.end != offset {
+            self.forget(offset);
+        }
+    }
+
+    /// Keeps about the last [`MAX_OUTPUT_PIECE`] bytes (all a window needs).
+    fn trim(&mut self) {
+        while self.end - self.start > 2 * MAX_OUTPUT_PIECE && self.parts.len() > 1 {
+            let len = match self.parts.pop_front() {
+                Some(Known::Bytes(bytes)) => bytes.len() as u64,
+                Some(Known::Unit(len)) => len,
+                None => 0,
+            };
+            self.start += len;
+        }
+    }
+}
+
+/// What a probe says: the server's decoding of the `2 * size` bytes from
+/// `start` (a `view` with `offset = start`, `size` a power of two dividing
+/// `start`), asked after a replaced unit whose exact successor is `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The replaced unit ends at `start`: the text from there is `after`.
+    EndsHere,
+    /// `start` is inside the unit (its bytes decode as replacements).
+    Inside,
+    /// Cannot tell: the block is too short to hold the first character of
+    /// `after`, so it would show a replacement either way.
+    Undecided,
+    /// The probe contradicts the window: the file changed or the server
+    /// decodes differently.
+    Inconsistent,
+}
+
+/// Classifies a probe (see [`Probe`]). `after` is the server's decoding
+/// of what follows the unit in the window (it may hold more replaced units).
+/// Replacements at the end of either text may be characters cut by a block
+/// end, so they are not compared.
+pub fn probe(decoded: &str, size: u64, after: &str) -> Probe {
+    let seen = decoded.trim_end_matches(char::REPLACEMENT_CHARACTER);
+    let expected = after.trim_end_matches(char::REPLACEMENT_CHARACTER);
+    let Some(first) = after.chars().next().filter(|_| !expected.is_empty()) else {
+        return Probe::Undecided;
+    };
+    if seen.is_empty() {
+        // Only replacements: inside the unit, unless the block is too short
+        // to show the first character of `after` whole.
+        return if first != char::REPLACEMENT_CHARACTER && first.len_utf8() as u64 <= 2 * size {
+            Probe::Inside
+        } else {
+            Probe::Undecided
+        };
+    }
+    if seen.starts_with(expected) || expected.starts_with(seen) {
+        Probe::EndsHere
+    } else {
+        // More replacements before the same text: inside the unit.
+        Probe::Inside
+    }
+}
+
+/// The length of a replaced unit from the probes at 1, 2 and 3 bytes past
+/// its start, in order (a replaced unit is 1 to 3 bytes: an invalid byte,
+/// or the start of a character without its end; a literal U+FFFD is 3).
+/// The first probe that ends the unit decides: a probe inside the unit
+/// never shows `after`, and one after an undecided end lands inside the
+/// multi-byte first character of `after` (that is what made it undecided),
+/// so it cannot show `after` either. An undecided probe decides only when
+/// every other probe says "inside" (then nothing else can end the unit).
+pub fn unit_length(probes: &[Probe]) -> Option<u64> {
+    let mut undecided = None;
+    for (index, probe) in probes.iter().enumerate() {
+        match probe {
+            Probe::EndsHere => return Some(index as u64 + 1),
+            Probe::Inconsistent => return None,
+            Probe::Inside => {}
+            Probe::Undecided if undecided.is_some() => return None,
+            Probe::Undecided => undecided = Some(index as u64 + 1),
+        }
+    }
+    undecided
 }
 
 #[cfg(test)]

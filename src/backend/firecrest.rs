@@ -52,6 +52,67 @@ pub struct FirecrestBackend {
     transfer_threshold: u64,
     facts: OnceCell<SystemFacts>,
     snapshots: Mutex<std::collections::HashMap<String, Snapshot>>,
+    reads: Mutex<std::collections::HashMap<String, ReadState>>,
+}
+
+/// Above this much unread output, and with S3, the backlog is read from an
+/// S3 snapshot (one transfer job, then ranged GETs) instead of in pieces.
+const S3_BACKLOG: u64 = 32 * 1024 * 1024;
+
+/// One `read_output` call reads at most this much (the watcher shows it,
+/// then calls again at once while output flows) ...
+const READ_BUDGET: u64 = 16 * 1024 * 1024;
+
+/// ... and stops starting new pieces after this long.
+const READ_TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How one output file is being read.
+#[derive(Debug)]
+struct ReadState {
+    /// The size of the next read: halved after a read the server found too
+    /// big or too slow (408, 413, 500), down to [`transfer::MIN_OUTPUT_PIECE`].
+    piece: u64,
+    /// The output just before the offset, to place `view` windows.
+    known: transfer::KnownOutput,
+}
+
+/// How a piece's bytes relate to the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PieceKind {
+    /// The data are the file's bytes.
+    Exact,
+    /// One replaced unit of `advance` bytes, shown as U+FFFD.
+    Unit,
+    /// Bytes whose decoding is not known piece by piece.
+    Opaque,
+}
+
+impl ReadState {
+    fn new(piece: u64) -> Self {
+        Self {
+            piece,
+            known: transfer::KnownOutput::default(),
+        }
+    }
+
+    /// Notes what a read gave.
+    fn advanced(&mut self, offset: u64, chunk: &OutputChunk, kind: PieceKind) {
+        match kind {
+            PieceKind::Exact => self.known.push_bytes(offset, &chunk.data),
+            PieceKind::Unit => self.known.push_unit(offset, chunk.advance),
+            PieceKind::Opaque => self.known.forget(offset + chunk.advance),
+        }
+    }
+
+    fn shrink(&mut self) {
+        self.piece = (self.piece / 2).max(transfer::MIN_OUTPUT_PIECE);
+    }
+}
+
+/// A read the server found too big for its buffer or too slow for its
+/// command timeout: 408, 413, or 500 (what `view` answers then).
+fn is_read_too_big(err: &anyhow::Error) -> bool {
+    api_error(err).is_some_and(|e| e.is_timeout() || e.is_too_large() || e.status == 500)
 }
 
 impl FirecrestBackend {
@@ -92,6 +153,7 @@ impl FirecrestBackend {
             transfer_threshold,
             facts: OnceCell::new(),
             snapshots: Mutex::new(Default::default()),
+            reads: Mutex::new(Default::default()),
         }
     }
 
@@ -331,9 +393,9 @@ impl FirecrestBackend {
     async fn read_settled(&self, path: &str, offset: u64, last_read: bool) -> Result<OutputChunk> {
         let mut last = String::new();
         for _ in 0..3 {
-            let before = self.client.stat(path).await?.size;
-            let text = self.client.tail(path, offset).await?.content;
-            let after = self.client.stat(path).await?.size;
+            let before = self.client.output_stat(path).await?.size;
+            let text = self.client.output_tail(path, offset).await?.content;
+            let after = self.client.output_stat(path).await?.size;
             if before == after {
                 if before <= offset {
                     return Ok(OutputChunk::default());
@@ -355,10 +417,10 @@ impl FirecrestBackend {
         })
     }
 
-    /// More output piled up than a synchronous call may return: read it from
-    /// an S3 snapshot of the file when the server has S3, else skip to the
-    /// recent end and say so.
-    async fn read_backlog(&self, path: &str, offset: u64) -> Result<OutputChunk> {
+    /// A backlog of tens of MB: read it from an S3 snapshot of the file (one
+    /// transfer job, then ranged GETs of raw bytes), faster than pieces.
+    /// Returns an empty chunk while the snapshot is being made.
+    async fn read_backlog(&self, path: &str, offset: u64, size: u64) -> Result<OutputChunk> {
         let facts = self.facts().await?.clone();
         let piece = transfer::direct_download_limit(facts.max_ops_file_size).max(64 * 1024);
         let mut snapshots = self.snapshots.lock().await;
@@ -385,28 +447,205 @@ impl FirecrestBackend {
             }
             snapshots.remove(path);
         }
-        let size = self.client.stat(path).await?.size;
-        if facts.s3 {
-            tracing::info!(
-                "{} of output piled up: reading it through an S3 snapshot",
-                crate::progress::format_bytes(size.saturating_sub(offset))
-            );
-            let url = self.stage_in_s3(path).await?;
-            snapshots.insert(path.to_string(), Snapshot { url, size });
-            return Ok(OutputChunk::default());
-        }
-        // No S3: keep the last piece, say what was skipped.
-        let skip_to = size.saturating_sub(piece / 2);
-        let notice = format!(
-            "\nfirecrest-ci: {} of output skipped: more than the server returns at once piled up; \
-             the job's output file on the cluster has it all\n",
-            crate::progress::format_bytes(skip_to.saturating_sub(offset))
+        tracing::info!(
+            "{} of output piled up: reading it through an S3 snapshot",
+            crate::progress::format_bytes(size.saturating_sub(offset))
         );
-        tracing::warn!("{}", notice.trim());
-        Ok(OutputChunk {
-            data: notice.into_bytes(),
-            advance: skip_to.saturating_sub(offset),
+        let url = self.stage_in_s3(path).await?;
+        snapshots.insert(path.to_string(), Snapshot { url, size });
+        Ok(OutputChunk::default())
+    }
+
+    /// Reads what follows `offset`, at most about one piece, never asking
+    /// for a reply larger than the piece: `tail` from the offset when all
+    /// that is left fits, else a `view` window placed exactly on the file.
+    async fn read_piece(
+        &self,
+        path: &str,
+        offset: u64,
+        size: u64,
+        last: bool,
+        state: &mut ReadState,
+    ) -> Result<(OutputChunk, PieceKind)> {
+        if size - offset <= state.piece {
+            let reply = self.client.output_tail(path, offset).await?;
+            return Ok(match transfer::read_tail(&reply.content) {
+                TailReading::Empty => (OutputChunk::default(), PieceKind::Exact),
+                TailReading::Exact(text) | TailReading::Prefix(text) => (
+                    OutputChunk {
+                        advance: text.len() as u64,
+                        data: text.into_bytes(),
+                    },
+                    PieceKind::Exact,
+                ),
+                TailReading::Pending if !last => (OutputChunk::default(), PieceKind::Exact),
+                TailReading::Pending | TailReading::Ambiguous => (
+                    self.read_settled(path, offset, last).await?,
+                    PieceKind::Opaque,
+                ),
+            });
+        }
+        self.read_window(path, offset, state).await
+    }
+
+    /// One `view` window from `offset` (see [`transfer::read_window`]).
+    async fn read_window(
+        &self,
+        path: &str,
+        offset: u64,
+        state: &mut ReadState,
+    ) -> Result<(OutputChunk, PieceKind)> {
+        let known_from = state.known.known_from(offset);
+        let anchored = transfer::anchored_block(offset, known_from, state.piece);
+        // Without enough known output, a full window whose start happens to
+        // be plain text places itself; else the smaller anchored one.
+        let mut tries = vec![(anchored, true)];
+        if anchored < state.piece {
+            tries.insert(0, (state.piece, false));
+        }
+        for (size, use_known) in tries {
+            let block = offset / size * size;
+            let text = self.client.output_view(path, block, size).await?;
+            // anchored_block keeps the block start at or after known_from.
+            let known = if use_known {
+                state.known.decoded_from(block)
+            } else {
+                None
+            };
+            match transfer::read_window(&text, block, offset, known.as_deref()) {
+                transfer::WindowReading::Exact(text) => {
+                    return Ok((
+                        OutputChunk {
+                            advance: text.len() as u64,
+                            data: text.into_bytes(),
+                        },
+                        PieceKind::Exact,
+                    ))
+                }
+                transfer::WindowReading::Empty => {
+                    return Ok((OutputChunk::default(), PieceKind::Exact))
+                }
+                transfer::WindowReading::Replaced { mut after } => {
+                    if after
+                        .trim_end_matches(char::REPLACEMENT_CHARACTER)
+                        .is_empty()
+                    {
+                        // The window ended at the unit: the server's own
+                        // character slicing skips what precedes it.
+                        let before =
+                            text.len() - after.len() - char::REPLACEMENT_CHARACTER.len_utf8();
+                        let chars = text[..before].chars().count() as u64;
+                        let longer = self.client.output_view(path, block + chars, size).await?;
+                        after = longer
+                            .strip_prefix(char::REPLACEMENT_CHARACTER)
+                            .unwrap_or_default()
+                            .to_string();
+                    }
+                    let len = self
+                        .replaced_unit(path, offset, &after, state.piece)
+                        .await?;
+                    return Ok((
+                        OutputChunk {
+                            data: char::REPLACEMENT_CHARACTER.to_string().into_bytes(),
+                            advance: len,
+                        },
+                        PieceKind::Unit,
+                    ));
+                }
+                transfer::WindowReading::Unplaced => continue,
+            }
+        }
+        bail!("the output of {path} at byte {offset} could not be placed in a window")
+    }
+
+    /// How many bytes the replaced unit at `offset` is, from the server's
+    /// decoding of blocks that start 1, 2 and 3 bytes further on (see
+    /// [`transfer::unit_length`]). Each probe reads a block of a power of two
+    /// that divides its start, so it starts exactly there.
+    async fn replaced_unit(&self, path: &str, offset: u64, after: &str, piece: u64) -> Result<u64> {
+        let mut probes = Vec::new();
+        for step in 1..=3u64 {
+            let start = offset + step;
+            let size = (1u64 << start.trailing_zeros().min(63)).min(piece);
+            let decoded = self.client.output_view(path, start, size).await?;
+            let probe = transfer::probe(&decoded, size, after);
+            probes.push(probe);
+            if probe == transfer::Probe::EndsHere {
+                break;
+            }
+        }
+        transfer::unit_length(&probes).with_context(|| {
+            format!(
+                "could not tell how many bytes the invalid UTF-8 at byte {offset} of {path} is \
+                 (probes: {probes:?})"
+            )
         })
+    }
+
+    /// Reads output from `offset` on in bounded pieces, several per call
+    /// while a backlog lasts (see [`READ_BUDGET`]).
+    async fn read_pieces(&self, path: &str, offset: u64, last: bool) -> Result<OutputChunk> {
+        let facts = self.facts().await?.clone();
+        let mut reads = self.reads.lock().await;
+        let state = reads
+            .entry(path.to_string())
+            .or_insert_with(|| ReadState::new(transfer::output_piece_for(facts.max_ops_file_size)));
+        let started = std::time::Instant::now();
+        let mut chunk = OutputChunk::default();
+        loop {
+            let at = offset + chunk.advance;
+            let size = match self.client.output_stat(path).await {
+                Ok(stat) => stat.size,
+                // Not there yet: the job has not started writing.
+                Err(err) if is_not_found(&err) && chunk.advance == 0 => return Ok(chunk),
+                Err(err) if chunk.advance > 0 => {
+                    tracing::debug!("stopped reading {path} at byte {at}: {err:#}");
+                    return Ok(chunk);
+                }
+                Err(err) => return Err(err),
+            };
+            if size <= at {
+                return Ok(chunk);
+            }
+            let from_snapshot = self
+                .snapshots
+                .lock()
+                .await
+                .get(path)
+                .is_some_and(|snapshot| at < snapshot.size);
+            let read = if from_snapshot || (facts.s3 && size - at > S3_BACKLOG) {
+                self.read_backlog(path, at, size)
+                    .await
+                    .map(|c| (c, PieceKind::Opaque))
+            } else {
+                self.read_piece(path, at, size, last, state).await
+            };
+            let (piece, kind) = match read {
+                Ok(read) => read,
+                Err(err) if is_read_too_big(&err) && state.piece > transfer::MIN_OUTPUT_PIECE => {
+                    state.shrink();
+                    tracing::info!(
+                        "the server could not return a read of {path}; reading {} at a time",
+                        crate::progress::format_bytes(state.piece)
+                    );
+                    continue;
+                }
+                Err(err) if chunk.advance > 0 => {
+                    tracing::debug!("stopped reading {path} at byte {at}: {err:#}");
+                    return Ok(chunk);
+                }
+                Err(err) => return Err(err),
+            };
+            if piece.advance == 0 {
+                return Ok(chunk);
+            }
+            state.advanced(at, &piece, kind);
+            chunk.data.extend_from_slice(&piece.data);
+            chunk.advance += piece.advance;
+            if chunk.advance >= READ_BUDGET || started.elapsed() >= READ_TIME_BUDGET {
+                return Ok(chunk);
+            }
+        }
     }
 }
 
@@ -653,24 +892,15 @@ impl Backend for FirecrestBackend {
     }
 
     async fn read_output(&self, path: &str, offset: u64, last: bool) -> Result<OutputChunk> {
-        let reply = match self.client.tail(path, offset).await {
-            Ok(reply) => reply,
-            // Not there yet: the job has not started writing.
-            Err(err) if is_not_found(&err) => return Ok(OutputChunk::default()),
-            Err(err) if is_too_large(&err) => return self.read_backlog(path, offset).await,
-            Err(err) => return Err(err),
-        };
-        Ok(match transfer::read_tail(&reply.content) {
-            TailReading::Empty => OutputChunk::default(),
-            TailReading::Exact(text) | TailReading::Prefix(text) => OutputChunk {
-                advance: text.len() as u64,
-                data: text.into_bytes(),
-            },
-            TailReading::Pending if !last => OutputChunk::default(),
-            TailReading::Pending | TailReading::Ambiguous => {
-                self.read_settled(path, offset, last).await?
-            }
-        })
+        self.read_pieces(path, offset, last).await
+    }
+
+    async fn output_size(&self, path: &str) -> Result<Option<u64>> {
+        match self.client.output_stat(path).await {
+            Ok(stat) => Ok(Some(stat.size)),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     async fn cancel(&self, id: &JobId) -> Result<()> {
@@ -892,5 +1122,192 @@ mod tests {
         let last = backend.read_output(path, 10, true).await.unwrap();
         assert_eq!(last.advance, 2);
         assert_eq!(last.data, "\u{fffd}".as_bytes());
+    }
+}
+
+/// Reads of a file served like FirecREST serves it: byte-exact through the
+/// `tail` and `view` pieces, and never a reply over the buffer.
+#[cfg(test)]
+mod piece_tests {
+    use super::*;
+    use crate::secret::Secret;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+    /// The server's `stat`, `tail` and `view` over `data`, like the double
+    /// and the recordings: lossy decoding, `view` sliced by characters from
+    /// its `size`-aligned block; counts replies over `limit`.
+    struct FileServer {
+        data: Vec<u8>,
+        limit: u64,
+        oversized: Arc<AtomicU64>,
+        requests: Arc<AtomicU64>,
+    }
+
+    impl Respond for FileServer {
+        fn respond(&self, request: &Request) -> ResponseTemplate {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            let query: std::collections::HashMap<String, String> =
+                request.url.query_pairs().into_owned().collect();
+            let number = |key: &str| query.get(key).and_then(|v| v.parse::<u64>().ok());
+            let len = self.data.len() as u64;
+            let reply = |bytes: &[u8]| {
+                if bytes.len() as u64 > self.limit {
+                    self.oversized.fetch_add(1, Ordering::SeqCst);
+                }
+            };
+            match request.url.path().rsplit('/').next() {
+                Some("stat") => ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"output": {"size": len, "mode": 33188}})),
+                Some("tail") => {
+                    let from = number("bytes").unwrap_or(1).saturating_sub(1).min(len) as usize;
+                    reply(&self.data[from..]);
+                    ResponseTemplate::new(200).set_body_json(serde_json::json!({"output": {
+                        "content": String::from_utf8_lossy(&self.data[from..]),
+                        "contentType": "bytes", "startPosition": from + 1, "endPosition": -1}}))
+                }
+                Some("view") => {
+                    let size = number("size").unwrap_or(self.limit).max(1);
+                    let offset = number("offset").unwrap_or(0);
+                    let from = (offset / size * size).min(len);
+                    let to = (from + 2 * size).min(len);
+                    let block = &self.data[from as usize..to as usize];
+                    reply(block);
+                    let text: String = String::from_utf8_lossy(block)
+                        .chars()
+                        .skip((offset % size) as usize)
+                        .take(size as usize)
+                        .collect();
+                    ResponseTemplate::new(200).set_body_json(serde_json::json!({"output": text}))
+                }
+                _ => ResponseTemplate::new(404),
+            }
+        }
+    }
+
+    /// Reads `data` through the backend from offset 0 until it is all read,
+    /// with the server's limit at `limit`; returns what was shown, the
+    /// number of oversized replies and of requests.
+    async fn read_through(data: Vec<u8>, limit: u64) -> (Vec<u8>, u64, u64) {
+        let server = MockServer::start().await;
+        let mut systems: serde_json::Value = {
+            let text = std::fs::read_to_string(format!(
+                "{}/tests/fixtures/recorded/systems.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            let exchanges: serde_json::Value = serde_json::from_str(&text).unwrap();
+            exchanges[1]["response"]["body"].clone()
+        };
+        systems["systems"][0]["dataOperation"]["max_ops_file_size"] = serde_json::json!(limit);
+        systems["systems"][0]["dataOperation"]["data_transfer"] = serde_json::Value::Null;
+        Mock::given(method("GET"))
+            .and(path("/status/systems"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(systems))
+            .mount(&server)
+            .await;
+        let oversized = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        Mock::given(method("GET"))
+            .respond_with(FileServer {
+                data: data.clone(),
+                limit,
+                oversized: oversized.clone(),
+                requests: requests.clone(),
+            })
+            .mount(&server)
+            .await;
+        let client = Client::new(ClientSettings {
+            base_url: server.uri(),
+            system: "daint".into(),
+            auth: AuthSource::AccessToken(Secret::new("token")),
+            request_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+        })
+        .unwrap();
+        let backend = FirecrestBackend::from_client(client, 1 << 30);
+        let mut shown = Vec::new();
+        let mut offset = 0;
+        let mut stuck = 0;
+        while offset < data.len() as u64 {
+            let chunk = backend
+                .read_output("/f/job.out", offset, true)
+                .await
+                .unwrap();
+            offset += chunk.advance;
+            shown.extend(chunk.data);
+            stuck = if chunk.advance == 0 { stuck + 1 } else { 0 };
+            assert!(stuck < 3, "no progress at byte {offset}");
+        }
+        assert_eq!(offset, data.len() as u64, "read past the end");
+        (
+            shown,
+            oversized.load(Ordering::SeqCst),
+            requests.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Output that puts multi-byte characters, invalid bytes, truncated
+    /// characters and literal U+FFFD at every alignment against a power of two.
+    fn mixed_output(lines: usize) -> Vec<u8> {
+        let mut data = Vec::new();
+        for i in 0..lines {
+            data.extend_from_slice(format!("L{i} grüße ✓ 日本語 🚀 ").as_bytes());
+            match i % 7 {
+                0 => data.extend_from_slice(b"bad \xff byte"),
+                1 => data.extend_from_slice(b"cut \xe6\x97 char"),
+                2 => data.extend_from_slice(b"two \xff\xfe bad"),
+                3 => data.extend_from_slice("literal \u{fffd} mark".as_bytes()),
+                4 => data.extend_from_slice(b"stray \x80\xbf cont"),
+                5 => data.extend_from_slice(b"lead \xf0\x9f\x9a then \xe2"),
+                _ => data.extend_from_slice(&b"x".repeat(i % 13)),
+            }
+            data.push(b'\n');
+        }
+        data
+    }
+
+    #[tokio::test]
+    async fn a_backlog_over_the_limit_is_read_byte_exact_in_bounded_pieces() {
+        let data = mixed_output(3000);
+        assert!(data.len() > 100_000, "{}", data.len());
+        // 16 KiB buffer: pieces of 4 KiB, so the backlog goes through views.
+        let (shown, oversized, requests) = read_through(data.clone(), 16 * 1024).await;
+        assert_eq!(oversized, 0, "a reply was over the buffer");
+        let expected = String::from_utf8_lossy(&data).into_owned().into_bytes();
+        if shown != expected {
+            let at = shown
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            panic!(
+                "differs at byte {at}: shown {:?} expected {:?}",
+                String::from_utf8_lossy(&shown[at.saturating_sub(20)..(at + 40).min(shown.len())]),
+                String::from_utf8_lossy(
+                    &expected[at.saturating_sub(20)..(at + 40).min(expected.len())]
+                )
+            );
+        }
+        eprintln!("{} bytes in {requests} requests", data.len());
+    }
+
+    #[tokio::test]
+    async fn plain_text_backlogs_need_about_one_request_per_piece() {
+        let data: Vec<u8> = (0..20000)
+            .flat_map(|i| format!("B{i} xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n").into_bytes())
+            .collect();
+        let (shown, oversized, requests) = read_through(data.clone(), 64 * 1024).await;
+        assert_eq!(oversized, 0);
+        assert_eq!(shown, data);
+        // Pieces of 16 KiB, a stat and a view each.
+        let pieces = data.len() as u64 / (16 * 1024);
+        assert!(
+            requests < 3 * pieces + 10,
+            "{requests} requests for {pieces} pieces"
+        );
     }
 }

@@ -111,6 +111,13 @@ pub trait Backend: Send + Sync {
     /// of a character still being written are given out now.
     async fn read_output(&self, path: &str, offset: u64, last: bool) -> Result<OutputChunk>;
 
+    /// The size of the output file at `path`, to name what could not be
+    /// shown; `None` when it does not exist or the backend cannot tell.
+    async fn output_size(&self, path: &str) -> Result<Option<u64>> {
+        let _ = path;
+        Ok(None)
+    }
+
     /// Cancels the job; a job that already ended counts as cancelled.
     async fn cancel(&self, id: &JobId) -> Result<()>;
 

@@ -162,6 +162,8 @@ struct Call<'a> {
     resend: Resend,
     /// Errors that are an answer, not a failure: not retried.
     is_final: fn(&ApiError) -> bool,
+    /// This call's own retry policy, instead of the client's.
+    policy: Option<RetryPolicy>,
 }
 
 impl<'a> Call<'a> {
@@ -173,7 +175,19 @@ impl<'a> Call<'a> {
             payload: Payload::Empty,
             resend: Resend::Idempotent,
             is_final: |_| false,
+            policy: None,
         }
+    }
+
+    /// A read of a job's output file: it fails fast so the watcher can
+    /// shrink the next read. A 408 or a 500 on a read is the server saying
+    /// the reply was too big for its buffer or too slow for its 5 s command
+    /// timeout (see the recorded `ops_large_output.json`); asking again for
+    /// the same bytes gets the same answer, 5 s later each time.
+    fn output_read(mut self) -> Self {
+        self.is_final = |e| e.is_timeout() || e.is_too_large() || e.status == 500;
+        self.policy = Some(RetryPolicy::OUTPUT_READ);
+        self
     }
 
     fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
@@ -382,6 +396,42 @@ impl Client {
             .query("bytes", (offset + 1).to_string())
             .query("skipHeading", "true");
         Ok(self.json::<Output<FileTail>>(call).await?.output)
+    }
+
+    /// [`Self::stat`] for the output reads: fails fast (see `Call::output_read`).
+    pub async fn output_stat(&self, path: &str) -> Result<FileStat> {
+        let call = self
+            .ops(Method::GET, "stat")
+            .query("path", path)
+            .output_read();
+        Ok(self.json::<Output<FileStat>>(call).await?.output)
+    }
+
+    /// [`Self::tail`] for the output reads: fails fast (see `Call::output_read`).
+    /// Unbounded: the reply is everything from `offset` to the end.
+    pub async fn output_tail(&self, path: &str, offset: u64) -> Result<FileTail> {
+        let call = self
+            .ops(Method::GET, "tail")
+            .query("path", path)
+            .query("bytes", (offset + 1).to_string())
+            .query("skipHeading", "true")
+            .output_read();
+        Ok(self.json::<Output<FileTail>>(call).await?.output)
+    }
+
+    /// `view`: the server reads `2 * size` bytes from the `size`-aligned block
+    /// holding `offset` (`dd bs=size skip=offset/size count=2`), decodes them
+    /// lossily and returns `size` characters from character `offset % size`.
+    /// Only an `offset` that is a multiple of `size` starts at that byte.
+    /// Bounded (`2 * size` must stay under the server's buffer); fails fast.
+    pub async fn output_view(&self, path: &str, offset: u64, size: u64) -> Result<String> {
+        let call = self
+            .ops(Method::GET, "view")
+            .query("path", path)
+            .query("offset", offset.to_string())
+            .query("size", size.to_string())
+            .output_read();
+        Ok(self.json::<Output<String>>(call).await?.output)
     }
 
     /// SHA-256 of a remote file.
@@ -774,7 +824,7 @@ impl Client {
         if !call.query.is_empty() {
             url.query_pairs_mut().extend_pairs(&call.query);
         }
-        let mut backoff = retry::Backoff::new(self.inner.retry);
+        let mut backoff = retry::Backoff::new(call.policy.unwrap_or(self.inner.retry));
         let mut refreshed = false;
         let mut token = self.inner.tokens.token().await?;
         loop {

@@ -44,6 +44,19 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// Reads of a job's output file: the watcher reads again on its own
+    /// schedule, and a read that failed for its size must be made smaller,
+    /// not repeated, so one quick retry covers a dropped connection and no
+    /// more (an outage costs the watcher a few seconds per read, not minutes).
+    pub const OUTPUT_READ: RetryPolicy = RetryPolicy {
+        base_delay: Duration::from_millis(250),
+        max_delay: Duration::from_secs(1),
+        max_retries: 1,
+        budget: Duration::from_secs(10),
+    };
+}
+
 /// HTTP statuses worth a retry; everything else is the server's verdict.
 pub fn is_transient_status(status: u16) -> bool {
     matches!(

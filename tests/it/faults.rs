@@ -324,7 +324,10 @@ fn a_response_slower_than_the_request_timeout() {
         "{} delayed",
         delayed()
     );
-    assert!(f.retries >= 6, "retries {}", f.retries);
+    // Each late job GET is retried by the client; a late output read is
+    // retried once (RetryPolicy::OUTPUT_READ), then read again on the
+    // watcher's own schedule, which logs no "retrying".
+    assert!(f.retries >= 4, "retries {}", f.retries);
 }
 
 #[test]
@@ -561,7 +564,8 @@ fn hostile_job_output_a_10_mb_line() {
     let fake = FakeFirecrest::start();
     let name = "ten-mb-line";
     // Written at once after a pause, so more than max_ops_file_size (5 MiB)
-    // piles up between two reads and the backlog path reads it.
+    // piles up between two reads and is read in bounded pieces (a backlog
+    // under 32 MiB is not worth an S3 transfer job).
     let commands = format!(
         "head -c {LEN} /dev/zero | tr '\\0' y > ../line.tmp\necho >> ../line.tmp\n{}\nsleep 2\nprintf 'big:'; cat ../line.tmp\n{}",
         numbered_job(2, "0.5", 0).replace("exit 0", ""),
@@ -586,9 +590,15 @@ fn hostile_job_output_a_10_mb_line() {
     assert!(big[0][4..].bytes().all(|b| b == b'y'));
     assert_eq!(out.stdout.matches("yyyyyyyyyy\n").count(), 1);
     assert_eq!(out.stdout.matches("after-the-big-line").count(), 1);
+    assert!(fake.count(Route::OpsView) >= 1, "read in view windows");
+    assert_eq!(fake.count(Route::TransferDownload), 0, "no S3 snapshot");
     assert!(
-        fake.count(Route::TransferDownload) >= 1,
-        "the backlog path was used"
+        !fake
+            .log()
+            .iter()
+            .any(|e| matches!(e.route, Route::OpsTail | Route::OpsView)
+                && matches!(e.status, 408 | 413 | 500)),
+        "a read was over the buffer"
     );
     // A few copies of the line at most, not one per read.
     assert!(

@@ -6,9 +6,11 @@
 mod artifacts;
 mod bench;
 mod fake;
+mod fake_replay;
 mod fake_selftest;
 mod faults;
 mod harness;
+mod large_output;
 mod lifecycle;
 mod local;
 mod signals;

@@ -126,6 +126,9 @@ pub(crate) struct Faults {
     /// Each S3 part's first K PUT attempts answer 500.
     pub part_put_failures: u32,
     pub part_attempts: HashMap<(String, u32), u32>,
+    /// Reads (tail, view, head, download) of paths containing the text
+    /// answer this status inside the window; `stat` still answers.
+    pub read_denials: Vec<(String, u16, Window)>,
 }
 
 impl Faults {
@@ -144,7 +147,20 @@ impl Faults {
             hidden_jobs: HashMap::new(),
             part_put_failures: 0,
             part_attempts: HashMap::new(),
+            read_denials: Vec::new(),
         }
+    }
+
+    /// The status a read of `path` answers now, if a denial applies.
+    pub fn read_denied(&self, route: Route, path: &str, now: Instant) -> Option<u16> {
+        let read = matches!(
+            route,
+            Route::OpsTail | Route::OpsView | Route::OpsHead | Route::OpsDownload
+        );
+        self.read_denials
+            .iter()
+            .find(|(needle, _, w)| read && w.contains(now) && path.contains(needle.as_str()))
+            .map(|(_, status, _)| *status)
     }
 
     pub fn is_away(&self, port: PortKind, now: Instant) -> bool {

@@ -1,12 +1,22 @@
 //! `/filesystem/{system}/ops/*` on a real directory tree, with the reply
 //! shapes, status codes and error texts of the recordings: 1-based
-//! `tail --bytes=+N`, lossy UTF-8 content, the 413 output-buffer limit.
+//! `tail --bytes=+N`, lossy UTF-8 content, the output-buffer limit.
+//!
+//! Over the buffer, the real server (`recorded/ops_large_output.json`)
+//! answers 413 only for small overshoots: the remote command's output fits
+//! in the pipe and SSH channel buffers, the command exits, and the server
+//! sees too much. A reply far over the buffer blocks the remote command on
+//! a full pipe until the SSH command timeout (5 s) fires: `tail`, `head` and
+//! `download` then answer 408, `view` answers 500 "Channel not open for
+//! sending". The double draws the line at [`SMALL_OVERSHOOT`] (64 KiB, a
+//! Linux pipe buffer) and waits `Settings::command_timeout` before those.
 
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -19,6 +29,7 @@ pub struct FsCtx {
     pub roots: Vec<PathBuf>,
     pub system: String,
     pub limit: u64,
+    pub command_timeout: Duration,
     pub user: String,
     pub uid: u32,
 }
@@ -43,8 +54,31 @@ fn remote(exit: i32, stderr: &str) -> Response {
     )
 }
 
+/// Replies at most this far over the buffer still come back as 413.
+pub const SMALL_OVERSHOOT: u64 = 64 * 1024;
+
 fn too_big() -> Response {
     err(413, "Command output exceeded buffer limit.")
+}
+
+impl FsCtx {
+    /// The answer to a command whose output is `len` bytes, over the
+    /// buffer: 413 at once when a little over, else the timeout's answer
+    /// after the command timeout (408, or 500 for `view`).
+    fn over_buffer(&self, len: u64, view: bool) -> Response {
+        if len <= self.limit + SMALL_OVERSHOOT {
+            return too_big();
+        }
+        std::thread::sleep(self.command_timeout);
+        if view {
+            Response::json(
+                500,
+                &super::error_body("('Channel not open for sending',)", None),
+            )
+        } else {
+            err(408, "Command execution timeout limit exceeded.")
+        }
+    }
 }
 
 fn ok(status: u16, output: Value) -> Response {
@@ -301,7 +335,7 @@ impl FsCtx {
             }
         };
         if content.len() as u64 > self.limit {
-            return Err(too_big());
+            return Err(self.over_buffer(content.len() as u64, false));
         }
         let n = n as i64;
         let (start, end) = match (head, skip) {
@@ -336,19 +370,18 @@ impl FsCtx {
             .query("offset")
             .and_then(|o| o.parse().ok())
             .unwrap_or(0);
-        let data = read_file(&p).map_err(|_| {
+        // dd bs=size skip=offset/size count=2, then slice characters.
+        let from = (offset / size) * size;
+        let data = read_range(&p, from, 2 * size).map_err(|_| {
             remote(
                 1,
                 &format!("dd: failed to open '{raw}': No such file or directory"),
             )
         })?;
-        // dd bs=size skip=offset/size count=2, then slice characters.
-        let from = ((offset / size) * size).min(data.len() as u64) as usize;
-        let to = (from as u64 + 2 * size).min(data.len() as u64) as usize;
-        if (to - from) as u64 > self.limit {
-            return Err(too_big());
+        if data.len() as u64 > self.limit {
+            return Err(self.over_buffer(data.len() as u64, true));
         }
-        let text = String::from_utf8_lossy(&data[from..to]);
+        let text = String::from_utf8_lossy(&data);
         let i = (offset % size) as usize;
         let window: String = text.chars().skip(i).take(size as usize).collect();
         Ok(ok(200, Value::String(window)))
@@ -360,8 +393,9 @@ impl FsCtx {
             .map_err(|_| remote(1, &format!("base64: {raw}: No such file or directory")))?;
         // The limit applies to `base64` output: 4/3 of the size plus newlines.
         let b64 = data.len().div_ceil(3) * 4;
-        if (b64 + b64.div_ceil(76)) as u64 > self.limit {
-            return Err(too_big());
+        let encoded = (b64 + b64.div_ceil(76)) as u64;
+        if encoded > self.limit {
+            return Err(self.over_buffer(encoded, false));
         }
         Ok(Response::new(200, "application/octet-stream", data))
     }
@@ -556,6 +590,16 @@ fn read_file(p: &Path) -> std::io::Result<Vec<u8>> {
     let mut f = fs::File::open(p)?;
     let mut v = Vec::new();
     f.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// Up to `len` bytes of `p` from byte `from` (`dd` of one range).
+fn read_range(p: &Path, from: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = fs::File::open(p)?;
+    f.seek(SeekFrom::Start(from))?;
+    let mut v = Vec::new();
+    f.take(len).read_to_end(&mut v)?;
     Ok(v)
 }
 

@@ -116,6 +116,12 @@ pub struct Settings {
     pub default_time_limit: Duration,
     /// Slurm's KillWait: SIGTERM to SIGKILL on timeout or cancel.
     pub kill_wait: Duration,
+    /// FirecREST's SSH command timeout (`commandExecution`, 5 s): how long
+    /// a read whose reply is far over the buffer takes to fail (408 for
+    /// `tail`/`head`/`download`, 500 for `view`), as recorded in
+    /// `ops_large_output.json`. Tests may lower it to stay fast; whole runs
+    /// keep the real value at least once.
+    pub command_timeout: Duration,
     pub client_id: String,
     pub client_secret: String,
 }
@@ -135,6 +141,7 @@ impl Default for Settings {
             transfer_delay: Duration::from_millis(200),
             default_time_limit: Duration::from_secs(3600),
             kill_wait: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(5),
             client_id: "firecrest-ci".into(),
             client_secret: "fake-secret".into(),
         }
@@ -412,6 +419,7 @@ impl Core {
             roots: vec![self.scratch.clone(), self.home.clone()],
             system: settings.system.clone(),
             limit: settings.max_ops_file_size,
+            command_timeout: settings.command_timeout,
             user: self.cluster.user.clone(),
             uid: self.cluster.uid,
         }
@@ -431,7 +439,7 @@ impl Core {
         json!({"systems": [{
             "name": s.system,
             "ssh": {"host": "127.0.0.1", "port": 2222, "proxyHost": null, "proxyPort": null, "maxClients": 100,
-                    "timeout": {"connection": 5, "login": 5, "commandExecution": 5, "idleTimeout": 60, "keepAlive": 5}},
+                    "timeout": {"connection": 5, "login": 5, "commandExecution": s.command_timeout.as_secs(), "idleTimeout": 60, "keepAlive": 5}},
             "scheduler": {"type": "slurm", "connectionMode": "ssh", "version": "22.05.8", "apiUrl": null,
                           "apiVersion": null, "timeout": 10},
             "servicesHealth": [health("scheduler", None), health("ssh", None),
@@ -570,9 +578,21 @@ impl Core {
                 }
             }
             _ => {
+                let denied = req
+                    .query("path")
+                    .and_then(|p| st.faults.read_denied(route, p, Instant::now()));
                 // File operations run without the lock: they touch only the disk.
                 drop(st);
-                fs.handle(route, req)
+                match denied {
+                    Some(403) => Response::json(
+                        403,
+                        &error_body_user(
+                            "Remote process failed with exit status:1 and error message:Permission denied",
+                        ),
+                    ),
+                    Some(status) => Response::json(status, &error_body(&format!("injected {status}"), None)),
+                    None => fs.handle(route, req),
+                }
             }
         };
         (r, check)
@@ -886,6 +906,17 @@ impl FakeFirecrest {
             .faults
             .hidden_jobs
             .insert(name.into(), for_);
+    }
+
+    /// Reads (`tail`, `view`, `head`, `download`) of every path containing
+    /// `needle` answer `status` inside `window` (403: FirecREST's
+    /// permission error; else a generic error body); `stat` still answers.
+    pub fn deny_reads(&self, needle: &str, status: u16, window: Window) {
+        self.core
+            .lock()
+            .faults
+            .read_denials
+            .push((needle.into(), status, window));
     }
 
     /// The first `k` PUT attempts of every S3 part answer 500.
