@@ -33,6 +33,13 @@ fn is_final(state: &str) -> bool {
     )
 }
 
+/// Bound for a short local job to end: the machine may be loaded (tests
+/// share it with other builds), and a deadline only costs time on failure.
+const LOCAL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Bound for a job's own output or files to appear.
+const APPEAR_LIMIT: Duration = Duration::from_secs(60);
+
 /// Polls until the job reaches a final state.
 async fn wait_end(backend: &dyn Backend, id: &JobId, limit: Duration) -> JobStatus {
     let start = Instant::now();
@@ -67,6 +74,19 @@ fn output(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("out.log")).unwrap_or_default()
 }
 
+/// Polls until the job's output contains `text` (the job got that far).
+async fn wait_output(dir: &Path, text: &str, limit: Duration) {
+    let start = Instant::now();
+    while !output(dir).contains(text) {
+        assert!(
+            start.elapsed() < limit,
+            "the job did not print {text:?} within {limit:?}; output so far: {:?}",
+            output(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn pids_in(path: &Path) -> Vec<i32> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -90,7 +110,7 @@ async fn assert_gone(pids: &[i32]) {
     let start = Instant::now();
     while pids.iter().any(|p| alive(*p)) {
         assert!(
-            start.elapsed() < Duration::from_secs(15),
+            start.elapsed() < Duration::from_secs(60),
             "processes still running: {:?}",
             pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
         );
@@ -99,11 +119,13 @@ async fn assert_gone(pids: &[i32]) {
 }
 
 /// Reads the whole output with `read_output` from `offset` on, until `done`
-/// says the writer finished and nothing new came; returns the chunks.
+/// says the writer finished and nothing new came; returns the chunks, each
+/// also passed to `seen` as it arrives.
 async fn stream_until(
     backend: &dyn Backend,
     path: &str,
     mut done: impl FnMut() -> bool,
+    mut seen: impl FnMut(&[u8]),
 ) -> Vec<Vec<u8>> {
     let mut chunks = Vec::new();
     let mut offset = 0u64;
@@ -115,6 +137,7 @@ async fn stream_until(
         offset += chunk.advance;
         let empty = chunk.data.is_empty();
         if !empty {
+            seen(&chunk.data);
             chunks.push(chunk.data);
         }
         if finished && empty {
@@ -129,11 +152,17 @@ async fn stream_until(
 }
 
 /// The script writes MULTIBYTE one byte at a time with pauses, so reads
-/// land inside characters; the bytes must reassemble exactly.
+/// land inside characters; the bytes must reassemble exactly. After the
+/// first byte of the 4-byte character it waits for the file `go`, which the
+/// reader creates once a read ended inside a character: at least one split
+/// read happens however the reads and writes are scheduled.
 const SLOW_WRITER: &str = r#"text='héllo wörld ✓ 日本語 🚀'
 LC_ALL=C
 for ((i = 0; i < ${#text}; i++)); do
   printf '%s' "${text:i:1}"
+  if [ "${text:i:1}" = $'\xf0' ]; then
+    for ((w = 0; w < 1200; w++)); do [ -e go ] && break; sleep 0.1; done
+  fi
   sleep 0.02
 done
 printf '\n'
@@ -159,7 +188,17 @@ async fn check_streamed_output(backend: &dyn Backend, dir: &Path, id: &JobId) {
             }
         }
     };
-    let reader = stream_until(backend, &path_s, || status.lock().unwrap().is_some());
+    let go = dir.join("go");
+    let reader = stream_until(
+        backend,
+        &path_s,
+        || status.lock().unwrap().is_some(),
+        |chunk| {
+            if std::str::from_utf8(chunk).is_err() && !go.exists() {
+                std::fs::write(&go, "").unwrap();
+            }
+        },
+    );
     let ((), chunks) = tokio::join!(watcher, reader);
     let final_status = status.lock().unwrap().clone().unwrap();
     assert_eq!(final_status.state, "COMPLETED");
@@ -202,7 +241,7 @@ async fn local_exit_zero_completes_without_the_callers_environment() {
         "echo \"id=$SLURM_JOB_ID pwd=$PWD\"\necho \"leak=${CARGO_MANIFEST_DIR-unset}\"\necho to-stderr >&2\necho artifact > result.txt",
     );
     let id = backend.submit(&job).await.unwrap();
-    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
     assert_eq!(status.state, "COMPLETED");
     assert_eq!((status.exit_code, status.signal), (Some(0), Some(0)));
     assert!(status.end_time.unwrap() >= status.start_time.unwrap());
@@ -236,7 +275,7 @@ async fn local_exit_three_fails_with_its_code() {
         ))
         .await
         .unwrap();
-    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
     assert_eq!(status.state, "FAILED");
     assert_eq!((status.exit_code, status.signal), (Some(3), Some(0)));
     assert_eq!(output(dir.path()), "before\n");
@@ -250,13 +289,16 @@ async fn local_job_killed_by_a_signal_reports_it() {
         .submit(&spec(dir.path(), "sig", "", "echo dying\nkill -9 $$"))
         .await
         .unwrap();
-    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
     assert_eq!(status.state, "FAILED");
     assert_eq!((status.exit_code, status.signal), (Some(0), Some(9)));
 }
 
 #[tokio::test]
 async fn local_time_limit_times_out_and_kills_the_tree() {
+    // Long enough for `bash -l` to start on a loaded machine: the limit
+    // counts from the submission (Slurm's, from the job's start).
+    const LIMIT_SECS: u64 = 20;
     let dir = tempfile::tempdir().unwrap();
     let backend = LocalBackend::new();
     let started = Instant::now();
@@ -264,15 +306,26 @@ async fn local_time_limit_times_out_and_kills_the_tree() {
         .submit(&spec(
             dir.path(),
             "slow",
-            "#SBATCH --time=0:02",
+            &format!("#SBATCH --time=0:{LIMIT_SECS}"),
             "sleep 300 &\necho $! > pids\necho start\nwait\necho never",
         ))
         .await
         .unwrap();
-    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    wait_output(dir.path(), "start\n", APPEAR_LIMIT).await;
+    let running = backend.job_status(&id).await.unwrap().unwrap();
+    assert_eq!(
+        running.state, "RUNNING",
+        "the job ended before the test saw it start"
+    );
+    let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
     assert_eq!(status.state, "TIMEOUT");
-    assert!(started.elapsed() >= Duration::from_secs(2));
-    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(started.elapsed() >= Duration::from_secs(LIMIT_SECS));
+    // Ended by the limit (SIGTERM, SIGKILL 5 s later), not by `sleep 300`.
+    assert!(
+        started.elapsed() < Duration::from_secs(LIMIT_SECS + 60),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(output(dir.path()), "start\n");
     assert_gone(&pids_in(&dir.path().join("pids"))).await;
 }
@@ -289,7 +342,7 @@ async fn local_cancel_stops_the_whole_tree_even_what_ignores_sigterm() {
         .await
         .unwrap();
     let pids_file = dir.path().join("pids");
-    wait_file(&pids_file, Duration::from_secs(30)).await;
+    wait_file(&pids_file, APPEAR_LIMIT).await;
     let pids = pids_in(&pids_file);
     assert_eq!(pids.len(), 4, "{pids:?}");
     assert!(pids.iter().all(|p| alive(*p)));
@@ -326,7 +379,7 @@ async fn local_leftover_background_processes_end_with_the_job() {
         ))
         .await
         .unwrap();
-    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
     assert_eq!(status.state, "COMPLETED");
     assert_gone(&pids_in(&dir.path().join("pids"))).await;
 }
@@ -355,7 +408,7 @@ async fn local_runs_the_shipped_example() {
         .submit(&spec(dir.path(), "hello", "#SBATCH --time=1", &body))
         .await
         .unwrap();
-    let status = wait_end(&backend, &id, Duration::from_secs(30)).await;
+    let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
     let out = output(dir.path());
     assert_eq!(status.state, "COMPLETED", "{out}");
     assert!(out.contains("Grüße, こんにちは, 👋"), "{out}");
@@ -401,7 +454,7 @@ async fn local_job_dies_with_the_tool() {
         .spawn()
         .unwrap();
     let pids_file = dir.path().join("pids");
-    wait_file(&pids_file, Duration::from_secs(30)).await;
+    wait_file(&pids_file, APPEAR_LIMIT).await;
     let pids = pids_in(&pids_file);
     assert!(pids.iter().all(|p| alive(*p)));
     helper.kill().unwrap(); // SIGKILL: no cleanup code runs in the helper
@@ -482,15 +535,14 @@ async fn assert_not_queued(id: &JobId) {
         if !listed {
             return;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "job {id} is still in squeue"
-        );
+        assert!(start.elapsed() < SLURM_LIMIT, "job {id} is still in squeue");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-const SLURM_LIMIT: Duration = Duration::from_secs(120);
+/// Bound for a short Slurm job to end (or to start): the node is shared
+/// with other tests and other users of this Slurm.
+const SLURM_LIMIT: Duration = Duration::from_secs(300);
 
 #[tokio::test]
 async fn slurm_exit_zero_completes_without_the_callers_environment() {
@@ -569,7 +621,8 @@ async fn slurm_time_limit_times_out() {
         ))
         .await
         .unwrap();
-    let status = wait_end(&backend, &id, Duration::from_secs(240)).await;
+    wait_output(dir.path(), "start\n", SLURM_LIMIT).await;
+    let status = wait_end(&backend, &id, SLURM_LIMIT + Duration::from_secs(120)).await;
     assert_eq!(status.state, "TIMEOUT");
     assert!(started.elapsed() >= Duration::from_secs(55));
     assert!(output(dir.path()).starts_with("start\n"));
@@ -626,8 +679,14 @@ async fn slurm_dependency_waits_for_the_first_job() {
         return;
     };
     let dir = slurm_dir();
+    // The first job runs until the test has seen the second one wait.
     let first = backend
-        .submit(&spec(dir.path(), "firecrest-ci-test-dep1", "", "sleep 3"))
+        .submit(&spec(
+            dir.path(),
+            "firecrest-ci-test-dep1",
+            "",
+            "for ((w = 0; w < 1200; w++)); do [ -e release ] && break; sleep 0.1; done",
+        ))
         .await
         .unwrap();
     let mut second = spec(dir.path(), "firecrest-ci-test-dep2", "", "echo second");
@@ -636,6 +695,7 @@ async fn slurm_dependency_waits_for_the_first_job() {
     let waiting = backend.job_status(&second).await.unwrap().unwrap();
     assert_eq!(waiting.state, "PENDING");
     assert_eq!(waiting.reason.as_deref(), Some("Dependency"));
+    std::fs::write(dir.path().join("release"), "").unwrap();
     let a = wait_end(&backend, &first, SLURM_LIMIT).await;
     let b = wait_end(&backend, &second, SLURM_LIMIT).await;
     assert_eq!(

@@ -17,6 +17,17 @@ fn run(fake: &FakeFirecrest, name: &str, commands: &str) -> Outcome {
     Setup::firecrest(fake, name, commands).run(LIMIT)
 }
 
+/// True once a job's output file on the double's cluster contains `text`.
+fn job_printed(fake: &FakeFirecrest, text: &str) -> bool {
+    fake.scratch_files()
+        .iter()
+        .filter(|f| f.ends_with("job.out"))
+        .any(|f| {
+            std::fs::read(fake.scratch().join(f))
+                .is_ok_and(|out| String::from_utf8_lossy(&out).contains(text))
+        })
+}
+
 /// Files left under the user's scratch directory, other than the tool's base.
 fn leftovers(fake: &FakeFirecrest) -> Vec<String> {
     fake.scratch_files()
@@ -129,12 +140,13 @@ fn failed_with_exit_zero_is_never_success() {
 #[test]
 fn a_job_cancelled_on_the_cluster_gives_120() {
     let fake = FakeFirecrest::start();
-    let setup = Setup::firecrest(&fake, "to-cancel", "echo waiting\nsleep 60");
+    let setup = Setup::firecrest(&fake, "to-cancel", "echo fcit-waiting\nsleep 300");
     let started = Instant::now();
     let child = setup.spawn();
-    assert!(wait_until(Duration::from_secs(30), || fake
-        .job_by_name("to-cancel")
-        .is_some_and(|j| j.state == "RUNNING")));
+    assert!(
+        wait_until(LIMIT, || job_printed(&fake, "fcit-waiting")),
+        "job never ran"
+    );
     let id = fake.job_by_name("to-cancel").unwrap().id;
     // Cancel from outside, as a user with scancel would: the tool's own
     // `cancel` command talks to the same server.
@@ -236,17 +248,15 @@ fn a_job_that_never_appears_fails_clearly_without_hanging() {
 fn signal_cancels(signal: Signal, expected: i32) {
     let fake = FakeFirecrest::start();
     let name = format!("ci-{}", signal.as_str().to_ascii_lowercase());
-    let setup = Setup::firecrest(&fake, &name, "echo started\nsleep 120");
+    let setup = Setup::firecrest(&fake, &name, "echo fcit-started\nsleep 300");
     let started = Instant::now();
     let child = setup.spawn();
     let pid = Pid::from_raw(child.id() as i32);
+    // The job's own line: its commands run, not only its state says so.
     assert!(
-        wait_until(Duration::from_secs(30), || fake
-            .job_by_name(&name)
-            .is_some_and(|j| j.state == "RUNNING")),
+        wait_until(LIMIT, || job_printed(&fake, "fcit-started")),
         "job never ran"
     );
-    std::thread::sleep(Duration::from_secs(1));
     let signalled = Instant::now();
     kill(pid, signal).expect("signal");
     let out = wait(child, LIMIT, started);
@@ -258,7 +268,7 @@ fn signal_cancels(signal: Signal, expected: i32) {
     );
     let job = fake.job_by_name(&name).unwrap();
     assert!(job.state.starts_with("CANCELLED"), "state {}", job.state);
-    assert!(wait_until(Duration::from_secs(5), || !fake.any_job_process_running()));
+    assert!(wait_until(Duration::from_secs(60), || !fake.any_job_process_running()));
     assert!(
         leftovers(&fake).is_empty(),
         "left behind: {:?}",
@@ -373,7 +383,8 @@ fn a_long_job_costs_few_requests() {
     // The default schedule, not the tests' fast one.
     setup.env.remove("FIRECREST_POLL_INTERVAL");
     setup.env.remove("FIRECREST_LOG_INTERVAL");
-    let out = setup.run(LIMIT);
+    // 400 `sleep` processes: on a loaded machine far more than 40 s.
+    let out = setup.run(Duration::from_secs(300));
     assert_eq!(out.code, 0, "{}", out.both());
     let ticks = lines_with(&out.stdout, "tick ");
     assert_eq!(ticks.len(), 400, "every line once");
