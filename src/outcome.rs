@@ -760,7 +760,7 @@ mod tests {
         assert_eq!(done.exit_code, codes::INCOMPLETE);
         assert!(!done.success);
         assert!(
-            done.reason.ends_with("; artifacts missing"),
+            done.reason.ends_with(", artifacts missing"),
             "{}",
             done.reason
         );

@@ -211,13 +211,25 @@ fn a_burst_above_the_size_limit_is_read_in_pieces() {
 #[test]
 fn output_written_after_the_final_state_is_still_shown() {
     let fake = FakeFirecrest::start();
-    // The writer leaves the job's process group (setsid) before the job
-    // ends, or the double's end-of-job kill would take it along; its line
-    // lands after the tool's first state read (1 s) has seen the job end.
-    let commands = "echo main part\nsetsid bash -c 'sleep 1.5; echo late line >> ../job.out' < /dev/null > /dev/null 2>&1 &\nsleep 0.3";
+    // The job ends with a burst: the state read can see it final before
+    // the output reads caught up; the tool reads on to the batch script's
+    // last line instead of stopping at the state. (A process that escapes
+    // the job and writes after that line is not waited for: on a cluster,
+    // Slurm's process tracking kills it with the job.)
+    let commands = "echo main part\nsleep 1.2\nseq 1 20000 | sed 's/^/late line /'";
     let out = run(&fake, "late-output", commands);
     assert_eq!(out.code, 0, "{}", out.both());
-    assert_eq!(out.stdout.matches("late line").count(), 1, "{}", out.both());
+    for n in [1, 19999, 20000] {
+        assert_eq!(
+            out.stdout.matches(&format!("late line {n}\n")).count(),
+            1,
+            "{}",
+            out.both()
+        );
+    }
+    assert!(out
+        .stdout
+        .contains("firecrest-ci: end of the batch script (exit status 0)"));
 }
 
 #[test]
