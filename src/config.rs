@@ -537,6 +537,22 @@ pub struct PollSettings {
     pub request_timeout: Duration,
 }
 
+/// What reaching the cluster needs: the first configuration phase, all that
+/// `cancel` and `check` read. `Debug` is safe to log.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub backend: BackendKind,
+    /// `Some` for the firecrest backend (see [`Config::firecrest`]).
+    pub firecrest: Option<FirecrestSettings>,
+    /// Placement and resources, which `check` holds against the cluster.
+    pub resources: Resources,
+    /// Absolute, without a trailing slash; `None` lets the backend pick scratch.
+    pub remote_dir: Option<String>,
+    pub poll: PollSettings,
+    /// Archives larger than this many bytes go through the S3 transfer.
+    pub transfer_threshold: u64,
+}
+
 /// The validated configuration of one run. `Debug` is safe to log: every
 /// secret sits in a [`Secret`].
 #[derive(Debug, Clone)]
@@ -658,6 +674,16 @@ impl RawInputs {
 struct Problems(Vec<ConfigProblem>);
 
 impl Problems {
+    /// Every problem, in the order of the input table; `Ok` when there are none.
+    fn into_result(self) -> Result<(), ConfigErrors> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut problems = self.0;
+        problems.sort_by_key(|problem| problem.variables.first().map(|var| input_order(var)));
+        Err(ConfigErrors { problems })
+    }
+
     fn add(&mut self, variables: &[&'static str], message: impl Into<String>) {
         self.0.push(ConfigProblem {
             variables: variables.to_vec(),
@@ -741,26 +767,21 @@ impl Config {
         let mut p = Problems::default();
         let raw = RawInputs::from_env(env, &mut p);
 
-        // `None` only when the value is invalid: unset means firecrest, never a
-        // silent fallback to another backend.
-        let backend = match raw.backend.as_deref() {
-            None => Some(BackendKind::Firecrest),
-            Some(value) => p.parse("FIRECREST_BACKEND", Some(value), parse_backend),
-        };
         let dry_run_input = p
             .parse("FIRECREST_DRY_RUN", raw.dry_run.as_deref(), parse_bool)
             .unwrap_or(false);
         let dry_run = flags.dry_run || dry_run_input;
-        // An invalid backend was reported; checking firecrest inputs for it
-        // would only add noise.
-        let firecrest = match backend {
-            Some(BackendKind::Firecrest) => firecrest_settings(&raw, env, dry_run, &mut p),
-            Some(BackendKind::Slurm | BackendKind::Local) | None => None,
-        };
+        let Connection {
+            backend,
+            firecrest,
+            resources,
+            remote_dir,
+            poll,
+            transfer_threshold,
+        } = connection(&raw, env, dry_run, &mut p);
 
         let identity = RunIdentity::from_env(env);
         let workspace = resolve_workspace(&raw, env, cwd, &mut p);
-        let resources = resources(&raw, &mut p);
         let job_name = p
             .parse(
                 "FIRECREST_JOB_NAME",
@@ -796,11 +817,6 @@ impl Config {
                 parse_artifacts_when,
             )
             .unwrap_or(ArtifactsWhen::Always);
-        let remote_dir = p.parse(
-            "FIRECREST_REMOTE_DIR",
-            raw.remote_dir.as_deref(),
-            parse_remote_dir,
-        );
         let cleanup = p
             .parse("FIRECREST_CLEANUP", raw.cleanup.as_deref(), parse_cleanup)
             .unwrap_or(Cleanup::Always);
@@ -812,7 +828,6 @@ impl Config {
                 parse_log_level,
             )
             .unwrap_or_else(|| default_log_level(env).to_string());
-        let poll = poll_settings(&raw, &mut p);
         let log_file = log_file(&raw, workspace.as_deref(), &mut p);
         let separate_stderr = p
             .parse(
@@ -821,13 +836,6 @@ impl Config {
                 parse_bool,
             )
             .unwrap_or(false);
-        let transfer_threshold = p
-            .parse(
-                "FIRECREST_TRANSFER_THRESHOLD",
-                raw.transfer_threshold.as_deref(),
-                parse_size,
-            )
-            .unwrap_or(DEFAULT_TRANSFER_THRESHOLD);
         let compression_level = p
             .parse(
                 "FIRECREST_COMPRESSION_LEVEL",
@@ -836,17 +844,13 @@ impl Config {
             )
             .unwrap_or(DEFAULT_COMPRESSION_LEVEL);
 
-        if !p.0.is_empty() {
-            let mut problems = p.0;
-            problems.sort_by_key(|problem| problem.variables.first().map(|var| input_order(var)));
-            return Err(ConfigErrors { problems });
-        }
+        p.into_result()?;
         // Without problems the workspace and log file were resolved; the
         // fallbacks only keep this free of unwrap().
         let workspace = workspace.unwrap_or_else(|| cwd.to_path_buf());
         let log_file = log_file.unwrap_or_else(|| workspace.join(DEFAULT_LOG_FILE));
         Ok(Config {
-            backend: backend.unwrap_or(BackendKind::Firecrest),
+            backend,
             firecrest,
             resources,
             job_name_derived: raw.job_name.is_none(),
@@ -872,6 +876,74 @@ impl Config {
             transfer_threshold,
             compression_level,
         })
+    }
+}
+
+impl Config {
+    /// The connection part of this configuration, for the backend.
+    pub fn connection(&self) -> Connection {
+        Connection {
+            backend: self.backend,
+            firecrest: self.firecrest.clone(),
+            resources: self.resources.clone(),
+            remote_dir: self.remote_dir.clone(),
+            poll: self.poll.clone(),
+            transfer_threshold: self.transfer_threshold,
+        }
+    }
+}
+
+impl Connection {
+    /// Reads and validates only what reaching the cluster needs, the same
+    /// way [`Config::from_env`] does: `cancel` and `check` need no command,
+    /// no workspace and no job inputs. No I/O.
+    pub fn from_env(env: &BTreeMap<String, String>) -> Result<Connection, ConfigErrors> {
+        let mut p = Problems::default();
+        let raw = RawInputs::from_env(env, &mut p);
+        let connection = connection(&raw, env, false, &mut p);
+        p.into_result()?;
+        Ok(connection)
+    }
+}
+
+/// The first phase of the configuration, shared by [`Connection::from_env`]
+/// and [`Config::from_env`]: the backend, how to reach it, and the inputs
+/// the cluster judges (placement and base directory).
+fn connection(
+    raw: &RawInputs,
+    env: &BTreeMap<String, String>,
+    dry_run: bool,
+    p: &mut Problems,
+) -> Connection {
+    // `None` only when the value is invalid: unset means firecrest, never a
+    // silent fallback to another backend.
+    let backend = match raw.backend.as_deref() {
+        None => Some(BackendKind::Firecrest),
+        Some(value) => p.parse("FIRECREST_BACKEND", Some(value), parse_backend),
+    };
+    // An invalid backend was reported; checking firecrest inputs for it
+    // would only add noise.
+    let firecrest = match backend {
+        Some(BackendKind::Firecrest) => firecrest_settings(raw, env, dry_run, p),
+        Some(BackendKind::Slurm | BackendKind::Local) | None => None,
+    };
+    Connection {
+        backend: backend.unwrap_or(BackendKind::Firecrest),
+        firecrest,
+        resources: resources(raw, p),
+        remote_dir: p.parse(
+            "FIRECREST_REMOTE_DIR",
+            raw.remote_dir.as_deref(),
+            parse_remote_dir,
+        ),
+        poll: poll_settings(raw, p),
+        transfer_threshold: p
+            .parse(
+                "FIRECREST_TRANSFER_THRESHOLD",
+                raw.transfer_threshold.as_deref(),
+                parse_size,
+            )
+            .unwrap_or(DEFAULT_TRANSFER_THRESHOLD),
     }
 }
 

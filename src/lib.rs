@@ -6,11 +6,13 @@
 //! mapping, artifacts, cleanup. Each step is a module of its own.
 
 pub mod backend;
+pub mod check;
 pub mod ci;
 pub mod config;
 pub mod firecrest;
 pub mod job;
 pub mod outcome;
+pub mod placement;
 pub mod progress;
 pub mod run;
 pub mod script;

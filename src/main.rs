@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use firecrest_ci::check;
 use firecrest_ci::ci::Ci;
-use firecrest_ci::config::{CliFlags, Config};
+use firecrest_ci::config::{CliFlags, Config, Connection};
 use firecrest_ci::outcome::{self, codes};
 use firecrest_ci::run;
 use tokio::signal::unix::{signal, SignalKind};
@@ -16,17 +17,21 @@ use tokio::sync::watch;
 
 const USAGE: &str = "\
 usage: firecrest-ci [--dry-run]
+       firecrest-ci check
        firecrest-ci cancel <job-id>
        firecrest-ci --help | --version
 
 Runs a CI job on an HPC cluster. Every input comes from FIRECREST_* environment
-variables; see the README for the table of inputs and exit codes.";
+variables; see the README for the table of inputs and exit codes.
+`check` tests the connection, credentials and inputs without sending a job;
+`cancel` cancels a job. Both need only the connection inputs.";
 
 /// How long after the first signal the tool gives up on an orderly stop.
 const STOP_WATCHDOG: Duration = Duration::from_millis(9500);
 
 enum Command {
     Run(CliFlags),
+    Check,
     Cancel(String),
 }
 
@@ -73,6 +78,12 @@ fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
             return match &args[1..] {
                 [job] => Ok(Some(Command::Cancel(job.clone()))),
                 _ => Err("cancel takes exactly one job id".to_string()),
+            }
+        }
+        Some("check") => {
+            return match &args[1..] {
+                [] => Ok(Some(Command::Check)),
+                _ => Err("check takes no arguments".to_string()),
             }
         }
         Some("--help" | "-h" | "help") => {
@@ -125,30 +136,28 @@ async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
             return codes::CONFIG;
         }
     };
-    let flags = match &command {
-        Command::Run(flags) => CliFlags {
-            dry_run: flags.dry_run,
-        },
-        Command::Cancel(_) => CliFlags { dry_run: false },
-    };
-    let config = match Config::from_env(&env, &cwd, &flags) {
-        Ok(config) => config,
-        Err(errors) => {
-            tracing::error!("invalid configuration:\n{errors}");
-            return codes::CONFIG;
+    // A run reads every input; the other commands only the connection.
+    let (result, ci) = match command {
+        Command::Run(flags) => {
+            let config = match Config::from_env(&env, &cwd, &flags) {
+                Ok(config) => config,
+                Err(errors) => return config_failed(&errors),
+            };
+            let ci = ci_for(&env, &config.workspace);
+            (run::run(config, ci.clone(), stop).await, ci)
         }
-    };
-    // GitLab's `artifacts: reports: dotenv:` paths are relative to the project directory.
-    let dotenv = (env.get("GITLAB_CI").is_some_and(|v| v == "true")).then(|| {
-        env.get("CI_PROJECT_DIR")
-            .filter(|dir| !dir.is_empty())
-            .map_or_else(|| config.workspace.clone(), std::path::PathBuf::from)
-            .join("firecrest-ci.env")
-    });
-    let ci = Arc::new(Ci::detect(&env, dotenv));
-    let result = match command {
-        Command::Run(_) => run::run(config, ci.clone(), stop).await,
-        Command::Cancel(job) => run::cancel_job(&config, &ci, &job).await,
+        Command::Check | Command::Cancel(_) => {
+            let connection = match Connection::from_env(&env) {
+                Ok(connection) => connection,
+                Err(errors) => return config_failed(&errors),
+            };
+            let ci = ci_for(&env, &cwd);
+            let result = match command {
+                Command::Cancel(job) => run::cancel_job(&connection, &ci, &job).await,
+                _ => check::check(&connection, &ci).await,
+            };
+            (result, ci)
+        }
     };
     ci.finish();
     match result {
@@ -162,6 +171,23 @@ async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
             code
         }
     }
+}
+
+fn config_failed(errors: &firecrest_ci::config::ConfigErrors) -> i32 {
+    tracing::error!("invalid configuration:\n{errors}");
+    codes::CONFIG
+}
+
+/// The CI platform's channels. GitLab's `artifacts: reports: dotenv:` paths
+/// are relative to the project directory (else the workspace).
+fn ci_for(env: &BTreeMap<String, String>, workspace: &std::path::Path) -> Arc<Ci> {
+    let dotenv = (env.get("GITLAB_CI").is_some_and(|v| v == "true")).then(|| {
+        env.get("CI_PROJECT_DIR")
+            .filter(|dir| !dir.is_empty())
+            .map_or_else(|| workspace.to_path_buf(), std::path::PathBuf::from)
+            .join("firecrest-ci.env")
+    });
+    Arc::new(Ci::detect(env, dotenv))
 }
 
 /// The first SIGINT, SIGTERM or SIGHUP asks for an orderly stop (cancel the

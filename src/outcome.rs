@@ -387,6 +387,14 @@ pub fn exit_code_for_error(err: &anyhow::Error) -> i32 {
         {
             return codes::CONFIG;
         }
+        // Sbatch refused an input (partition, account, ...): the same
+        // submit fails every time, so it is the configuration, not the server.
+        if cause
+            .downcast_ref::<crate::backend::SubmitRejected>()
+            .is_some()
+        {
+            return codes::CONFIG;
+        }
         if cause.downcast_ref::<AuthError>().is_some() {
             return codes::NOPERM;
         }
@@ -453,6 +461,16 @@ mod tests {
         assert_eq!(
             exit_code_for_error(&api_error(404, "System not found")),
             codes::INTERNAL
+        );
+        // From the recorded submit_errors.json: a 500, but the input is wrong.
+        let rejected = crate::backend::SubmitRejected::from_message(
+            "Unexpected Slurm command response. exit_status:1 std_err:sbatch: error: \
+             invalid partition specified: nopart",
+        )
+        .unwrap();
+        assert_eq!(
+            exit_code_for_error(&anyhow::Error::new(rejected).context("failed to submit")),
+            codes::CONFIG
         );
         let io = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
         assert_eq!(exit_code_for_error(&io), codes::NOPERM);

@@ -12,9 +12,10 @@ use anyhow::{Context, Result};
 
 use crate::backend::{self, Backend, JobId, JobSpec, JobStatus, StagedWorkspace};
 use crate::ci::Ci;
-use crate::config::{BackendKind, Config, Credentials, UserCommand};
+use crate::config::{BackendKind, Config, Connection, Credentials, UserCommand};
 use crate::job::{Missing, OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
 use crate::outcome::{self, codes, Outcome};
+use crate::placement;
 use crate::progress::{format_bytes, format_duration};
 use crate::script::{self, ScriptSpec};
 use crate::workspace::{self, PackOptions, PackReport};
@@ -51,12 +52,7 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
     if config.dry_run {
         return dry_run(&config, &ci, &run_name).await;
     }
-    if let Some(Credentials::ClientCredentials { client_secret, .. }) =
-        config.firecrest.as_ref().map(|f| &f.credentials)
-    {
-        ci.mask(client_secret.expose());
-    }
-    let backend = connect(&config, &ci)?;
+    let backend = connect(&config.connection(), &ci)?;
     tracing::info!(
         "firecrest-ci {}: {}",
         env!("CARGO_PKG_VERSION"),
@@ -72,6 +68,9 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
     if stopped(&stop).is_some() {
         return Ok(signal_code(&stop));
     }
+    // A partition or account the cluster does not have fails here, before
+    // anything exists on the cluster.
+    placement::precheck(backend.as_ref(), &config.resources).await?;
     // Opened before anything exists on the cluster: a log file that cannot
     // be written must not leave a job running unwatched.
     let log = std::fs::File::create(&config.log_file).with_context(|| {
@@ -97,6 +96,7 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
     let remote = Remote {
         backend: backend.as_ref(),
         run_dir: run_dir.clone(),
+        ci: ci.clone(),
     };
 
     // From here on the run directory exists: every way out cleans it up.
@@ -139,10 +139,20 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
             if let Some(transfer) = &staged.transfer_job {
                 let _ = backend.cancel(transfer).await;
             }
+            let rejected = err
+                .chain()
+                .find_map(|c| c.downcast_ref::<backend::SubmitRejected>())
+                .cloned();
+            let err = match rejected {
+                Some(rejected) => {
+                    placement::explain(backend.as_ref(), &rejected, &config.resources).await
+                }
+                None => err.context("failed to submit the batch job"),
+            };
             if config.cleanup.should_remove(false) {
                 remote.cleanup().await;
             }
-            return Err(err.context("failed to submit the batch job"));
+            return Err(err);
         }
     };
     let submitted_at = SystemTime::now();
@@ -157,6 +167,8 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
 struct Remote<'a> {
     backend: &'a dyn Backend,
     run_dir: String,
+    /// Where cleanup shows what it must say before removing it.
+    ci: Arc<Ci>,
 }
 
 impl Remote<'_> {
@@ -164,11 +176,17 @@ impl Remote<'_> {
         format!("{}/{}", self.run_dir, name)
     }
 
+    /// Removes the run directory and what the backend's helper jobs left
+    /// beside it (their failed error logs shown in the CI log first).
     async fn cleanup(&self) {
         match self.backend.remove_dir(&self.run_dir).await {
             Ok(()) => tracing::info!("removed {}", self.run_dir),
             Err(err) => tracing::warn!("could not remove {}: {err:#}", self.run_dir),
         }
+        let ci = self.ci.clone();
+        self.backend
+            .remove_helper_leftovers(&move |text: &str| ci.print_line(text))
+            .await;
     }
 
     async fn cleanup_within(&self, limit: Duration) {
@@ -719,11 +737,16 @@ fn set_final_outputs(ci: &Ci, state: &str, code: i32) {
 /// `firecrest-ci cancel <job-id>`: for a GitLab `after_script` or a GitHub
 /// `if: cancelled()` step, when the run itself was killed before it could
 /// cancel. A job that already ended is left alone.
-pub async fn cancel_job(config: &Config, ci: &Arc<Ci>, job: &str) -> Result<i32> {
+/// Needs only the connection: no command, no workspace.
+pub async fn cancel_job(connection: &Connection, ci: &Arc<Ci>, job: &str) -> Result<i32> {
     if job.is_empty() || !job.chars().all(|c| c.is_ascii_alphanumeric()) {
-        anyhow::bail!("{job:?} is not a job id: it should be a number such as 12345");
+        return Err(outcome::CodedError {
+            code: codes::USAGE,
+            message: format!("{job:?} is not a job id: it should be a number such as 12345"),
+        }
+        .into());
     }
-    let backend = connect(config, ci)?;
+    let backend = connect(connection, ci)?;
     let id = JobId(job.to_string());
     match backend
         .job_status(&id)
@@ -748,8 +771,14 @@ pub async fn cancel_job(config: &Config, ci: &Arc<Ci>, job: &str) -> Result<i32>
     Ok(codes::SUCCESS)
 }
 
-/// Builds the backend the configuration asks for. No network traffic yet.
-pub fn connect(config: &Config, ci: &Arc<Ci>) -> Result<Box<dyn Backend>> {
+/// Builds the backend the configuration asks for and masks the client
+/// secret in CI logs. No network traffic yet.
+pub fn connect(config: &Connection, ci: &Arc<Ci>) -> Result<Box<dyn Backend>> {
+    if let Some(Credentials::ClientCredentials { client_secret, .. }) =
+        config.firecrest.as_ref().map(|f| &f.credentials)
+    {
+        ci.mask(client_secret.expose());
+    }
     Ok(match config.backend {
         BackendKind::Firecrest => {
             let settings = config

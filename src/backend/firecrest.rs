@@ -13,10 +13,12 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Mutex, OnceCell};
 
-use super::{Backend, JobId, JobSpec, JobStatus, OutputChunk, StagedWorkspace};
+use super::{
+    Backend, CheckRow, JobId, JobSpec, JobStatus, OutputChunk, StagedWorkspace, SubmitRejected,
+};
 use crate::config::{Credentials, FirecrestSettings, PollSettings};
-use crate::firecrest::models::JobDescription;
-use crate::firecrest::retry::RetryPolicy;
+use crate::firecrest::models::{JobDescription, TransferJob};
+use crate::firecrest::retry::{Rejection, RetryPolicy};
 use crate::firecrest::{ApiError, AuthSource, Client, ClientSettings, TokenObserver, UploadSource};
 use crate::progress::Progress;
 use crate::transfer::{self, TailReading, UploadWay};
@@ -53,7 +55,24 @@ pub struct FirecrestBackend {
     facts: OnceCell<SystemFacts>,
     snapshots: Mutex<std::collections::HashMap<String, Snapshot>>,
     reads: Mutex<std::collections::HashMap<String, ReadState>>,
+    /// The transfer jobs this run started, whose logs it removes at cleanup.
+    transfers: Mutex<Vec<Transfer>>,
 }
+
+/// One transfer job of this run and the files FirecREST makes for it
+/// outside the run directory (`<defaultWorkDir>/<user>`).
+#[derive(Debug, Clone)]
+struct Transfer {
+    job: String,
+    output_log: String,
+    error_log: String,
+    /// An S3 upload, whose script also leaves an empty `tmp/` beside the logs.
+    upload: bool,
+}
+
+/// The file names FirecREST gives transfer-job logs: only such files are
+/// ever removed, whatever a reply says.
+const TRANSFER_LOG_PREFIX: &str = ".f7t_file_handling_job_";
 
 /// Above this much unread output, and with S3, the backlog is read from an
 /// S3 snapshot (one transfer job, then ranged GETs) instead of in pieces.
@@ -154,6 +173,7 @@ impl FirecrestBackend {
             facts: OnceCell::new(),
             snapshots: Mutex::new(Default::default()),
             reads: Mutex::new(Default::default()),
+            transfers: Mutex::new(Vec::new()),
         }
     }
 
@@ -251,6 +271,7 @@ impl FirecrestBackend {
             .transfer_upload(&target, size)
             .await
             .context("failed to start the S3-staged upload")?;
+        self.note_transfer(&reply.transfer_job, true).await;
         let directives = reply.transfer_directives;
         let job = JobId(reply.transfer_job.job_id.clone());
         let part_size = directives
@@ -338,6 +359,7 @@ impl FirecrestBackend {
     /// returns the presigned URL to read it from.
     async fn stage_in_s3(&self, path: &str) -> Result<String> {
         let reply = self.client.transfer_download(path).await?;
+        self.note_transfer(&reply.transfer_job, false).await;
         let url = reply
             .transfer_directives
             .download_url
@@ -349,6 +371,71 @@ impl FirecrestBackend {
         )
         .await?;
         Ok(url)
+    }
+
+    async fn note_transfer(&self, job: &TransferJob, upload: bool) {
+        self.transfers.lock().await.push(Transfer {
+            job: job.job_id.clone(),
+            output_log: job.logs.output_log.clone(),
+            error_log: job.logs.error_log.clone(),
+            upload,
+        });
+    }
+
+    /// Whether a transfer job has ended: `None` while it runs, else what
+    /// its error log says if it failed (`Some(None)` when it completed).
+    async fn transfer_ended(&self, transfer: &Transfer) -> Result<Option<Option<String>>> {
+        let Some(found) = self.client.job(&transfer.job).await? else {
+            return Ok(None);
+        };
+        let status = JobStatus::from(&found);
+        let state = crate::outcome::SlurmState::parse(&status.state);
+        if !state.is_final() {
+            return Ok(None);
+        }
+        if state == crate::outcome::SlurmState::Completed || !is_transfer_log(&transfer.error_log) {
+            return Ok(Some(None));
+        }
+        let log = self
+            .client
+            .tail(&transfer.error_log, 0)
+            .await
+            .map(|t| t.content)
+            .unwrap_or_default();
+        Ok(Some(Some(format!(
+            "firecrest-ci: transfer job {} ended {}; its error log {}:\n{}",
+            transfer.job,
+            status.state,
+            transfer.error_log,
+            log.trim_end()
+        ))))
+    }
+
+    /// Removes a transfer job's two log files (nothing else: see
+    /// [`is_transfer_log`]).
+    async fn remove_transfer_logs(&self, transfer: &Transfer) -> Result<()> {
+        for path in [&transfer.output_log, &transfer.error_log] {
+            if !is_transfer_log(path) {
+                continue;
+            }
+            match self.client.rm(path).await {
+                Ok(()) => {}
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(err.context(format!("failed to remove {path}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `dir`/tmp when it exists and is empty (hidden entries count).
+    async fn remove_empty_tmp(&self, dir: &str) -> Result<()> {
+        let tmp = format!("{dir}/tmp");
+        match self.client.ls(&tmp).await {
+            Ok(entries) if entries.is_empty() => self.client.rm(&tmp).await,
+            Ok(_) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 
     /// Waits for a transfer job; its error log explains a failure.
@@ -738,8 +825,24 @@ fn is_not_found(err: &anyhow::Error) -> bool {
     api_error(err).is_some_and(ApiError::is_not_found)
 }
 
+/// True for a path whose file name is a FirecREST transfer-job log.
+fn is_transfer_log(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with(TRANSFER_LOG_PREFIX) && name.ends_with(".log"))
+}
+
 fn is_too_large(err: &anyhow::Error) -> bool {
     api_error(err).is_some_and(ApiError::is_too_large)
+}
+
+/// A submit error that is sbatch refusing an input becomes a
+/// [`SubmitRejected`] (the run names the input); anything else stays as it is.
+fn as_rejection(err: anyhow::Error) -> anyhow::Error {
+    match api_error(&err).and_then(|api| SubmitRejected::from_message(&api.message)) {
+        Some(rejected) => rejected.into(),
+        None => err,
+    }
 }
 
 /// FirecREST's submit call has no dependency field: it goes in the script.
@@ -862,17 +965,27 @@ impl Backend for FirecrestBackend {
             .into(),
         };
         let Some(transfer) = &job.dependency else {
-            return self.client.submit_job(&description).await.map(JobId);
+            return self
+                .client
+                .submit_job(&description)
+                .await
+                .map(JobId)
+                .map_err(as_rejection);
         };
-        match self.client.submit_job(&description).await {
+        match self
+            .client
+            .submit_job(&description)
+            .await
+            .map_err(as_rejection)
+        {
             Ok(id) => Ok(JobId(id)),
             // Slurm refuses a dependency on a job it has already forgotten
             // (finished more than MinJobAge ago): if the transfer completed,
             // the job needs no dependency any more.
             Err(err)
-                if format!("{err:#}")
-                    .to_ascii_lowercase()
-                    .contains("dependency") =>
+                if err
+                    .downcast_ref::<SubmitRejected>()
+                    .is_some_and(|r| r.rejection == Rejection::Dependency) =>
             {
                 self.wait_transfer(&transfer.0, "").await.context(
                     "the workspace transfer job did not complete, so the batch job cannot start",
@@ -881,7 +994,11 @@ impl Backend for FirecrestBackend {
                     script: job.script.clone(),
                     ..description
                 };
-                self.client.submit_job(&description).await.map(JobId)
+                self.client
+                    .submit_job(&description)
+                    .await
+                    .map(JobId)
+                    .map_err(as_rejection)
             }
             Err(err) => Err(err),
         }
@@ -905,6 +1022,107 @@ impl Backend for FirecrestBackend {
 
     async fn cancel(&self, id: &JobId) -> Result<()> {
         self.client.cancel_job(&id.0).await
+    }
+
+    async fn partitions(&self) -> Result<Option<Vec<String>>> {
+        let partitions = self
+            .client
+            .partitions()
+            .await
+            .context("failed to list the partitions")?;
+        Ok(Some(partitions.into_iter().map(|p| p.name).collect()))
+    }
+
+    async fn accounts(&self) -> Result<Option<Vec<String>>> {
+        let user = self
+            .client
+            .userinfo()
+            .await
+            .context("failed to read the user's accounts")?;
+        // A server that lists no accounts does not say which are valid.
+        Ok((!user.accounts.is_empty()).then(|| {
+            user.accounts
+                .into_iter()
+                .map(|a| {
+                    if a.default {
+                        format!("{} (default)", a.name)
+                    } else {
+                        a.name
+                    }
+                })
+                .collect()
+        }))
+    }
+
+    async fn mode(&self, path: &str) -> Result<Option<u32>> {
+        match self.client.stat(path).await {
+            Ok(stat) => Ok(Some(stat.mode & 0o7777)),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn describe_access(&self) -> Result<Vec<CheckRow>> {
+        let lifetime = self.client.token_lifetime().await?;
+        let token = match lifetime {
+            Some(left) => format!(
+                "obtained; expires in {} (refreshed before that)",
+                crate::progress::format_duration(left)
+            ),
+            None => "given (FIRECREST_ACCESS_TOKEN); its expiry is not known".to_string(),
+        };
+        let systems = self
+            .client
+            .systems()
+            .await
+            .context("failed to list the systems")?;
+        let mut rows = vec![CheckRow::ok("token", token)];
+        for system in &systems {
+            let unhealthy: Vec<String> = system
+                .services_health
+                .iter()
+                .filter(|h| h.healthy == Some(false))
+                .map(|h| match &h.message {
+                    Some(m) => format!("{} ({m})", h.service_type),
+                    None => h.service_type.clone(),
+                })
+                .collect();
+            let chosen = system.name.eq_ignore_ascii_case(self.client.system());
+            let label = if chosen {
+                format!("system {} (FIRECREST_SYSTEM)", system.name)
+            } else {
+                format!("system {}", system.name)
+            };
+            if !unhealthy.is_empty() {
+                let value = format!("unhealthy: {}", unhealthy.join(", "));
+                rows.push(match chosen {
+                    // FirecREST's health gate answers 503 to a run.
+                    true => CheckRow::problem(label, value, crate::outcome::codes::UNAVAILABLE),
+                    false => CheckRow::ok(label, value),
+                });
+                continue;
+            }
+            let health = if system.services_health.is_empty() {
+                "health not reported".to_string()
+            } else {
+                let services: Vec<&str> = system
+                    .services_health
+                    .iter()
+                    .map(|h| h.service_type.as_str())
+                    .collect();
+                format!("healthy ({})", services.join(", "))
+            };
+            rows.push(CheckRow::ok(label, health));
+        }
+        // A system the server does not know fails here with exit 78.
+        self.facts().await?;
+        let user = self
+            .client
+            .userinfo()
+            .await
+            .context("failed to read the user's name")?;
+        rows.push(CheckRow::ok("user", user.user.name));
+        Ok(rows)
     }
 
     async fn artifacts_part_size(&self) -> Result<Option<u64>> {
@@ -938,6 +1156,56 @@ impl Backend for FirecrestBackend {
         Ok(true)
     }
 
+    async fn remove_helper_leftovers(&self, report: &(dyn for<'s> Fn(&'s str) + Send + Sync)) {
+        let transfers = std::mem::take(&mut *self.transfers.lock().await);
+        let mut kept = Vec::new();
+        let mut upload_dirs: Vec<String> = Vec::new();
+        for transfer in transfers {
+            let removed = match self.transfer_ended(&transfer).await {
+                Ok(Some(failed)) => {
+                    if let Some(log) = failed {
+                        report(&log);
+                    }
+                    self.remove_transfer_logs(&transfer).await.map(|()| true)
+                }
+                Ok(None) => Ok(false),
+                Err(err) => Err(err),
+            };
+            match removed {
+                Ok(true) => {
+                    if transfer.upload {
+                        if let Some((dir, _)) = transfer.output_log.rsplit_once('/') {
+                            if !upload_dirs.iter().any(|d| d == dir) {
+                                upload_dirs.push(dir.to_string());
+                            }
+                        }
+                    }
+                }
+                Ok(false) => {
+                    tracing::info!(
+                        "transfer job {} has not ended; its logs {} stay",
+                        transfer.job,
+                        transfer.output_log
+                    );
+                    kept.push(transfer);
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "could not remove the logs of transfer job {}: {err:#}",
+                        transfer.job
+                    );
+                    kept.push(transfer);
+                }
+            }
+        }
+        for dir in upload_dirs {
+            if let Err(err) = self.remove_empty_tmp(&dir).await {
+                tracing::warn!("could not remove the empty {dir}/tmp: {err:#}");
+            }
+        }
+        self.transfers.lock().await.extend(kept);
+    }
+
     async fn remove_dir(&self, path: &str) -> Result<()> {
         match self.client.rm(path).await {
             Ok(()) => Ok(()),
@@ -949,6 +1217,7 @@ impl Backend for FirecrestBackend {
                     .transfer_rm(path)
                     .await
                     .context("failed to start a removal job after rm timed out")?;
+                self.note_transfer(&job, false).await;
                 tracing::info!("{path} is large: removal job {} started", job.job_id);
                 Ok(())
             }
@@ -964,6 +1233,19 @@ mod tests {
     use std::time::Duration;
     use wiremock::matchers::{method, path};
     use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
+
+    #[test]
+    fn only_transfer_logs_are_removed() {
+        assert!(is_transfer_log(
+            "/scratch/ciuser/.f7t_file_handling_job_269507ad-950b-49ea-9459-8ea9dbc8ddd0.log"
+        ));
+        assert!(is_transfer_log(
+            "/scratch/ciuser/.f7t_file_handling_job_error_269507ad.log"
+        ));
+        assert!(!is_transfer_log("/scratch/ciuser"));
+        assert!(!is_transfer_log("/scratch/ciuser/notes.log"));
+        assert!(!is_transfer_log(""));
+    }
 
     #[test]
     fn dependency_goes_right_after_the_shebang() {

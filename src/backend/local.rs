@@ -69,6 +69,15 @@ impl LocalFiles {
             .with_context(|| format!("failed to make directory {path} private"))
     }
 
+    /// The permission bits of `path`; `None` when it does not exist.
+    pub async fn mode(&self, path: &str) -> Result<Option<u32>> {
+        match tokio::fs::metadata(path).await {
+            Ok(meta) => Ok(Some(meta.permissions().mode() & 0o7777)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(anyhow::Error::new(err).context(format!("failed to stat {path}"))),
+        }
+    }
+
     /// Writes `dir/name` with mode 0600, replacing an older file.
     pub async fn put_file(&self, dir: &str, name: &str, contents: Vec<u8>) -> Result<()> {
         check_file_name(name)?;
@@ -627,6 +636,10 @@ impl Backend for LocalBackend {
 
     async fn create_private_dir(&self, path: &str) -> Result<()> {
         self.files.create_private_dir(path).await
+    }
+
+    async fn mode(&self, path: &str) -> Result<Option<u32>> {
+        self.files.mode(path).await
     }
 
     async fn put_file(&self, dir: &str, name: &str, contents: Vec<u8>) -> Result<()> {

@@ -81,6 +81,68 @@ pub struct StagedWorkspace {
     pub transfer_job: Option<JobId>,
 }
 
+/// The scheduler refused the job because of one of its inputs (a partition,
+/// an account, ...): the same submit fails the same way every time. The run
+/// names the input and the valid values ([`crate::placement`]); exit 78.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the scheduler refused the job: {detail}")]
+pub struct SubmitRejected {
+    pub rejection: crate::firecrest::retry::Rejection,
+    /// Sbatch's own words, for the message.
+    pub detail: String,
+}
+
+impl SubmitRejected {
+    /// A rejection read from a submit's error message (FirecREST's relayed
+    /// stderr or sbatch's own), or `None` when the message is no refusal.
+    pub fn from_message(message: &str) -> Option<Self> {
+        let rejection = crate::firecrest::retry::sbatch_rejection(message)?;
+        let detail = message
+            .lines()
+            .flat_map(|line| line.split("std_err:"))
+            .map(str::trim)
+            .filter(|line| line.starts_with("sbatch:"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some(Self {
+            rejection,
+            detail: if detail.is_empty() {
+                message.trim().to_string()
+            } else {
+                detail
+            },
+        })
+    }
+}
+
+/// One line of `firecrest-ci check`'s table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRow {
+    pub label: String,
+    /// What was found, or what to fix.
+    pub value: String,
+    /// The exit code a run would get because of this, when it is a problem.
+    pub problem: Option<i32>,
+}
+
+impl CheckRow {
+    pub fn ok(label: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            label: label.into(),
+            value: value.into(),
+            problem: None,
+        }
+    }
+
+    pub fn problem(label: impl Into<String>, value: impl Into<String>, code: i32) -> Self {
+        Self {
+            label: label.into(),
+            value: value.into(),
+            problem: Some(code),
+        }
+    }
+}
+
 /// Cluster access: every call the pipeline makes on the remote side.
 #[async_trait]
 pub trait Backend: Send + Sync {
@@ -118,6 +180,32 @@ pub trait Backend: Send + Sync {
         Ok(None)
     }
 
+    /// The partitions jobs can be submitted to; `None` when the backend
+    /// cannot tell (no scheduler, or the server does not say).
+    async fn partitions(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
+    /// The accounts the user may charge; `None` when the backend cannot tell.
+    async fn accounts(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
+    /// The permission bits of `path` (e.g. `0o700`); `None` when it does
+    /// not exist or the backend cannot tell.
+    async fn mode(&self, path: &str) -> Result<Option<u32>> {
+        let _ = path;
+        Ok(None)
+    }
+
+    /// What the backend can say about the access itself, as table rows
+    /// (label, value) for `check`: the token, the systems' health, the user.
+    /// Fails with the code a run would get (77 credentials, 78 input, 69
+    /// server down).
+    async fn describe_access(&self) -> Result<Vec<CheckRow>> {
+        Ok(Vec::new())
+    }
+
     /// Cancels the job; a job that already ended counts as cancelled.
     async fn cancel(&self, id: &JobId) -> Result<()>;
 
@@ -131,6 +219,13 @@ pub trait Backend: Send + Sync {
     /// A file larger than the backend can bring back whole is read from the
     /// parts the job cut it into (see [`Backend::artifacts_part_size`]).
     async fn download(&self, remote: &str, local: &Path) -> Result<bool>;
+
+    /// Removes what the backend's own helper jobs left outside the run
+    /// directory once they ended (FirecREST's transfer-job logs), and
+    /// nothing else. A failed helper job's error log goes to `report` first.
+    async fn remove_helper_leftovers(&self, report: &(dyn for<'s> Fn(&'s str) + Send + Sync)) {
+        let _ = report;
+    }
 
     /// Removes a directory tree; a missing directory counts as removed.
     async fn remove_dir(&self, path: &str) -> Result<()>;

@@ -203,6 +203,17 @@ impl Output {
     }
 }
 
+/// `sinfo --format=%R` lines, each partition once, in order.
+fn parse_partitions(stdout: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
 /// Reads sbatch's `--parsable` answer: `<id>` or `<id>;<cluster>`.
 fn parse_sbatch(stdout: &str) -> Result<JobId> {
     let line = stdout.lines().map(str::trim).find(|l| !l.is_empty());
@@ -407,6 +418,22 @@ impl Backend for SlurmBackend {
         self.files.create_private_dir(path).await
     }
 
+    async fn mode(&self, path: &str) -> Result<Option<u32>> {
+        self.files.mode(path).await
+    }
+
+    async fn partitions(&self) -> Result<Option<Vec<String>>> {
+        let args = ["--noheader".to_string(), "--format=%R".to_string()];
+        let out = self
+            .run("sinfo", &args, None)
+            .await
+            .context("failed to list the partitions")?;
+        if !out.success {
+            bail!("sinfo failed: {}", out.describe());
+        }
+        Ok(Some(parse_partitions(&out.stdout)))
+    }
+
     async fn put_file(&self, dir: &str, name: &str, contents: Vec<u8>) -> Result<()> {
         self.files.put_file(dir, name, contents).await
     }
@@ -439,6 +466,9 @@ impl Backend for SlurmBackend {
             .await
             .with_context(|| format!("failed to submit job {}", job.name))?;
         if !out.success {
+            if let Some(rejected) = super::SubmitRejected::from_message(&out.stderr) {
+                return Err(rejected.into());
+            }
             bail!("sbatch rejected job {}: {}", job.name, out.describe());
         }
         parse_sbatch(&out.stdout).with_context(|| format!("failed to submit job {}", job.name))
@@ -559,6 +589,26 @@ mod tests {
         let s = parse_sacct("7|RUNNING|0:0|12|10|11|Unknown|vm|None\n", "7").unwrap();
         assert_eq!((s.exit_code, s.signal, s.end_time), (None, None, None));
         assert_eq!(s.start_time, Some(11));
+    }
+
+    #[test]
+    fn partitions_are_listed_once_each() {
+        assert_eq!(
+            parse_partitions("debug\nnormal\ndebug\n\n"),
+            ["debug", "normal"]
+        );
+    }
+
+    #[test]
+    fn sbatch_refusing_an_input_is_a_rejection() {
+        let err = "sbatch: error: invalid partition specified: nopart\n\
+                   sbatch: error: Batch job submission failed: Invalid partition name specified";
+        let rejected = super::super::SubmitRejected::from_message(err).unwrap();
+        assert_eq!(
+            rejected.rejection,
+            crate::firecrest::retry::Rejection::Partition
+        );
+        assert!(rejected.detail.contains("nopart"), "{}", rejected.detail);
     }
 
     #[test]

@@ -142,6 +142,13 @@ impl TokenSource {
         }
     }
 
+    /// The cached token's remaining life; `None` without one (a static token).
+    pub(crate) async fn remaining(&self) -> Option<Duration> {
+        let state = self.state.lock().await;
+        let cached = state.cached.as_ref()?;
+        Some(cached.lifetime.saturating_sub(cached.obtained.elapsed()))
+    }
+
     /// After FirecREST answered 401 to `rejected`: a new token, unless another
     /// caller already replaced it meanwhile.
     pub(crate) async fn refresh_after_rejection(&self, rejected: &Secret) -> Result<Secret> {

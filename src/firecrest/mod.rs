@@ -112,7 +112,7 @@ impl ApiError {
 
     /// True when a retry might succeed.
     pub fn is_transient(&self) -> bool {
-        retry::is_transient_status(self.status)
+        retry::is_transient_api(self)
     }
 
     /// The first `ApiError` in an error chain, for callers holding `anyhow`.
@@ -313,6 +313,19 @@ impl Client {
         self.json(call).await
     }
 
+    /// The system's Slurm partitions.
+    pub async fn partitions(&self) -> Result<Vec<Partition>> {
+        let call = Call::new(Method::GET, vec!["status", self.system(), "partitions"]);
+        Ok(self.json::<PartitionsResponse>(call).await?.partitions)
+    }
+
+    /// Gets a token now (or reuses the cached one) and says how long it
+    /// stays valid; `None` for a static token, whose expiry is unknown.
+    pub async fn token_lifetime(&self) -> Result<Option<Duration>> {
+        self.inner.tokens.token().await?;
+        Ok(self.inner.tokens.remaining().await)
+    }
+
     // ---- filesystem ops ------------------------------------------------
 
     /// `mkdir [-p]`. Only `parents = true` is retried (a repeat would fail
@@ -352,9 +365,13 @@ impl Client {
         Ok(self.json::<Output<FileStat>>(call).await?.output)
     }
 
-    /// `ls` of a directory (or one file).
+    /// `ls -a` of a directory (or one file): hidden entries too, so an
+    /// empty listing means an empty directory.
     pub async fn ls(&self, path: &str) -> Result<Vec<FileEntry>> {
-        let call = self.ops(Method::GET, "ls").query("path", path);
+        let call = self
+            .ops(Method::GET, "ls")
+            .query("path", path)
+            .query("showHidden", "true");
         Ok(self.json::<Output<Vec<FileEntry>>>(call).await?.output)
     }
 

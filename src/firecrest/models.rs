@@ -108,6 +108,20 @@ pub struct Multipart {
     pub use_split: Option<bool>,
 }
 
+/// `GET /status/{system}/partitions`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PartitionsResponse {
+    pub partitions: Vec<Partition>,
+}
+
+/// One Slurm partition; only the name matters to a client choosing one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Partition {
+    pub name: String,
+}
+
 /// `GET /status/{system}/userinfo`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]

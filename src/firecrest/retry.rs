@@ -2,6 +2,11 @@
 //! again. One function ([`is_transient`]) walks an error chain and decides;
 //! one small type ([`Backoff`]) keeps the attempt count and the time budget.
 //!
+//! The status alone does not decide: FirecREST answers 500 both for a
+//! failing `sacct` (worth a retry) and for sbatch refusing an input such as
+//! the partition (the same answer every time). [`sbatch_rejection`] reads
+//! the server's message for the second kind, here and nowhere else.
+//!
 //! Hand-rolled rather than `backon`: `backon`'s jitter is additive (not full
 //! jitter), its total-delay bound counts only the sleeps (not the time spent
 //! waiting on requests that then time out), and a `Retry-After` set through
@@ -79,11 +84,71 @@ pub fn is_transient_status(status: u16) -> bool {
     )
 }
 
+/// What sbatch refused, when a submit failed because of an input: the same
+/// request fails the same way every time, so it is reported, not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// "invalid partition specified", "Invalid partition name specified".
+    Partition,
+    /// "Invalid account or account/partition combination specified".
+    Account,
+    /// "Invalid qos specification".
+    Qos,
+    /// "Requested node configuration is not available" (too many nodes,
+    /// unknown constraint or GPU type).
+    NodeConfiguration,
+    /// "Requested time limit is invalid" or an unparsable `--time`.
+    TimeLimit,
+    /// "Job dependency problem": the job waited for is gone or failed.
+    Dependency,
+}
+
+/// Sbatch's words, lower-cased, for each kind of refused input. Matched on
+/// the message FirecREST relays (`... std_err:sbatch: error: ...`) or on
+/// sbatch's own stderr.
+const SBATCH_REJECTIONS: &[(&str, Rejection)] = &[
+    ("invalid partition", Rejection::Partition),
+    ("invalid account", Rejection::Account),
+    ("invalid qos", Rejection::Qos),
+    (
+        "requested node configuration is not available",
+        Rejection::NodeConfiguration,
+    ),
+    (
+        "invalid feature specification",
+        Rejection::NodeConfiguration,
+    ),
+    ("invalid generic resource", Rejection::NodeConfiguration),
+    ("requested time limit is invalid", Rejection::TimeLimit),
+    ("invalid --time specification", Rejection::TimeLimit),
+    ("job dependency problem", Rejection::Dependency),
+];
+
+/// The input sbatch refused, read from a submit's error message; `None` for
+/// anything else (including sbatch failures that pass, such as a busy
+/// controller's "Socket timed out").
+pub fn sbatch_rejection(message: &str) -> Option<Rejection> {
+    let message = message.to_ascii_lowercase();
+    if !message.contains("sbatch") {
+        return None;
+    }
+    SBATCH_REJECTIONS
+        .iter()
+        .find(|(words, _)| message.contains(words))
+        .map(|&(_, rejection)| rejection)
+}
+
+/// True when the server's answer may change on a retry: its status says so
+/// and its message is not a refusal that will be repeated.
+pub fn is_transient_api(api: &ApiError) -> bool {
+    is_transient_status(api.status) && sbatch_rejection(&api.message).is_none()
+}
+
 /// True when retrying the failed request may succeed: walks the whole chain.
 pub fn is_transient(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         if let Some(api) = cause.downcast_ref::<ApiError>() {
-            return is_transient_status(api.status);
+            return is_transient_api(api);
         }
         if let Some(http) = cause.downcast_ref::<reqwest::Error>() {
             return is_transient_reqwest(http);
@@ -239,6 +304,87 @@ mod tests {
             .filter(|&status| is_unsent(&api_error(status)))
             .collect();
         assert_eq!(unsent, vec![429, 503]);
+    }
+
+    fn recorded_api_error(status: u16, message: &str) -> anyhow::Error {
+        ApiError {
+            status,
+            method: "POST".into(),
+            path: "/compute/daint/jobs".into(),
+            message: message.into(),
+            error_type: Some("error".into()),
+            retry_after: None,
+        }
+        .into()
+    }
+
+    /// The replies of `recorded/submit_errors.json` and
+    /// `ops_large_output.json`, plus the statuses a gateway answers: what
+    /// is retried and what is reported at once, with the input refused.
+    #[test]
+    fn recorded_replies_are_classified_by_status_and_message() {
+        let slurm = |text: &str| {
+            format!("Unexpected Slurm command response. exit_status:1 std_err:{text}\n")
+        };
+        let table: Vec<(u16, String, bool, Option<Rejection>)> = vec![
+            (
+                500,
+                slurm(
+                    "sbatch: error: invalid partition specified: nopart\n\
+                     sbatch: error: Batch job submission failed: Invalid partition name specified",
+                ),
+                false,
+                Some(Rejection::Partition),
+            ),
+            (
+                500,
+                slurm("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified"),
+                false,
+                Some(Rejection::Account),
+            ),
+            (
+                500,
+                slurm("sbatch: error: Batch job submission failed: Invalid qos specification"),
+                false,
+                Some(Rejection::Qos),
+            ),
+            (
+                500,
+                slurm("sbatch: error: Batch job submission failed: Requested node configuration is not available"),
+                false,
+                Some(Rejection::NodeConfiguration),
+            ),
+            (
+                500,
+                slurm("sbatch: error: Invalid --time specification"),
+                false,
+                Some(Rejection::TimeLimit),
+            ),
+            (
+                500,
+                slurm("sbatch: error: Batch job submission failed: Job dependency problem"),
+                false,
+                Some(Rejection::Dependency),
+            ),
+            // A busy controller: the next attempt may pass.
+            (
+                500,
+                slurm("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"),
+                true,
+                None,
+            ),
+            (500, "Channel not open for sending".into(), true, None),
+            (424, "Connection to the cluster failed".into(), true, None),
+            (502, "Bad Gateway".into(), true, None),
+            (503, "unhealthy".into(), true, None),
+            (504, "Gateway Timeout".into(), true, None),
+            (400, "Invalid path".into(), false, None),
+        ];
+        for (status, message, transient, rejection) in table {
+            let err = recorded_api_error(status, &message);
+            assert_eq!(is_transient(&err), transient, "{status} {message}");
+            assert_eq!(sbatch_rejection(&message), rejection, "{message}");
+        }
     }
 
     #[test]
