@@ -174,7 +174,7 @@ impl Job {
             "time": {"elapsed": elapsed, "start": self.start, "end": self.end,
                      "suspended": suspended,
                      "limit": if allocation { None } else { self.limit }},
-            "account": "ci",
+            "account": self.account,
             "allocationNodes": 1,
             "cluster": "ci",
             "group": if allocation { "root" } else { "ciuser" },
@@ -395,6 +395,26 @@ pub fn submit(st: &mut State, cluster: &Cluster, req: &Request) -> Response {
         },
     };
     let d = directives(&script);
+    // sbatch's answers, as recorded in submit_errors.json.
+    if let Some(partition) = text("partition", "partition") {
+        if let Some(bad) = partition
+            .split(',')
+            .find(|p| !st.settings.partitions.iter().any(|known| known == p))
+        {
+            return slurm_error(&format!(
+                "sbatch: error: invalid partition specified: {bad}\n\
+                 sbatch: error: Batch job submission failed: Invalid partition name specified"
+            ));
+        }
+    }
+    if let Some(account) = text("account", "account") {
+        if !st.settings.accounts.iter().any(|known| known == &account) {
+            return slurm_error(
+                "sbatch: error: Batch job submission failed: \
+                 Invalid account or account/partition combination specified",
+            );
+        }
+    }
     let limit = match d.time.as_deref().map(parse_time) {
         Some(Some(l)) => l,
         Some(None) => return slurm_error("sbatch: error: Invalid --time specification"),

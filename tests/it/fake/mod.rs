@@ -124,6 +124,13 @@ pub struct Settings {
     pub command_timeout: Duration,
     pub client_id: String,
     pub client_secret: String,
+    /// The cluster's partitions (`/status/{system}/partitions`); a submit
+    /// naming another answers the recorded 500 from sbatch.
+    pub partitions: Vec<String>,
+    /// The user's Slurm accounts (`userinfo`'s `accounts`, the first the
+    /// default); empty: userinfo lists none. A submit naming another
+    /// answers the recorded 500 from sbatch.
+    pub accounts: Vec<String>,
 }
 
 impl Default for Settings {
@@ -144,6 +151,8 @@ impl Default for Settings {
             command_timeout: Duration::from_secs(5),
             client_id: "firecrest-ci".into(),
             client_secret: "fake-secret".into(),
+            partitions: vec!["debug".into()],
+            accounts: vec!["ci".into()],
         }
     }
 }
@@ -517,15 +526,30 @@ impl Core {
         };
         let r = match route {
             Route::Systems => Response::json(200, &self.systems_json(&settings)),
-            Route::UserInfo => Response::json(
-                200,
-                &json!({"user": {"id": "1001", "name": "ciuser"}, "group": {"id": "1001", "name": "ciuser"},
-                        "groups": [{"id": "1001", "name": "ciuser"}], "accounts": [{"name": "ci", "default": true}]}),
-            ),
-            Route::Partitions => Response::json(
-                200,
-                &json!({"partitions": [{"name": "debug", "cpus": 8, "totalNodes": 1, "partition": "UP"}]}),
-            ),
+            Route::UserInfo => {
+                let accounts: Vec<Value> = settings
+                    .accounts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| json!({"name": name, "default": i == 0}))
+                    .collect();
+                let mut body = json!({"user": {"id": "1001", "name": "ciuser"}, "group": {"id": "1001", "name": "ciuser"},
+                        "groups": [{"id": "1001", "name": "ciuser"}]});
+                if !accounts.is_empty() {
+                    body["accounts"] = Value::Array(accounts);
+                }
+                Response::json(200, &body)
+            }
+            Route::Partitions => {
+                let partitions: Vec<Value> = settings
+                    .partitions
+                    .iter()
+                    .map(
+                        |name| json!({"name": name, "cpus": 8, "totalNodes": 1, "partition": "UP"}),
+                    )
+                    .collect();
+                Response::json(200, &json!({"partitions": partitions}))
+            }
             Route::Nodes => Response::json(
                 200,
                 &json!({"nodes": [{"sockets": 8, "cores": 8, "threads": 8, "cpus": 8, "cpuLoad": 0.5,

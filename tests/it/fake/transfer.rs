@@ -425,6 +425,10 @@ pub fn run_work(
     let result: Result<String, String> = match work {
         TransferWork::Ingress { key, target } => {
             let data = objects.get(key)?;
+            // The real upload script leaves an empty `tmp/` beside its logs.
+            if let Some(dir) = Path::new(out_log).parent() {
+                let _ = fs::create_dir_all(dir.join("tmp"));
+            }
             fs::write(target, data)
                 .map(|_| {
                     let _ = fs::set_permissions(target, fs::Permissions::from_mode(0o644));
