@@ -1,10 +1,12 @@
 //! Integration tests: the real firecrest-ci code against a stateful FirecREST
 //! double (`fake`), which has self-tests of its own in `fake_selftest`;
 //! whole runs through the `local` backend (`local`) and a real Slurm (`slurm`);
-//! artifacts with unsafe entries, both ways (`artifacts`).
+//! artifacts with unsafe entries, both ways (`artifacts`); input mistakes
+//! only the cluster sees, `check`, `cancel` and leftovers (`errors`).
 
 mod artifacts;
 mod bench;
+mod errors;
 mod fake;
 mod fake_replay;
 mod fake_selftest;
