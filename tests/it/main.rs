@@ -13,5 +13,6 @@ mod harness;
 mod large_output;
 mod lifecycle;
 mod local;
+mod messages;
 mod signals;
 mod slurm;
