@@ -17,7 +17,7 @@ use crate::harness::{readme_exit_code, wait_until, Outcome, Setup};
 const LIMIT: Duration = Duration::from_secs(240);
 
 /// The recorded job's commands.
-fn burst_commands() -> String {
+pub fn burst_commands() -> String {
     format!(
         "seq -f 'B%g {}' 1 120000\nseq -f 'C%g grüße ✓ 日本語 {}' 1 3000",
         "x".repeat(95),
@@ -42,7 +42,7 @@ fn job_body(text: &[u8]) -> &[u8] {
 
 /// Asserts the local log and the CI log show exactly `expected` as the
 /// job's output.
-fn assert_shown_exactly(setup: &Setup, out: &Outcome, expected: &[u8]) {
+pub fn assert_shown_exactly(setup: &Setup, out: &Outcome, expected: &[u8]) {
     let log = std::fs::read(setup.path().join("firecrest-ci.log")).expect("the local log file");
     let body = job_body(&log);
     if body != expected {
