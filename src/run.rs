@@ -497,7 +497,13 @@ async fn finish(
                 remote.cleanup_within(STOP_CLEANUP_BUDGET).await;
             }
             let code = outcome::ci_signal_code(signal);
-            report_stopped(ci, job, code, "CI cancelled the run; the job was cancelled");
+            report_stopped(
+                config,
+                ci,
+                job,
+                code,
+                "CI cancelled the run; the job was cancelled",
+            );
             Ok(code)
         }
         Ended::Deadline { script_ended } => {
@@ -511,7 +517,7 @@ async fn finish(
                 "the run's timeout of {} expired; the job was cancelled",
                 humantime::format_duration(config.timeout.unwrap_or_default())
             );
-            report_stopped(ci, job, codes::RUN_TIMEOUT, &message);
+            report_stopped(config, ci, job, codes::RUN_TIMEOUT, &message);
             Ok(codes::RUN_TIMEOUT)
         }
         Ended::Finished {
@@ -681,21 +687,15 @@ fn report_outcome(config: &Config, ci: &Ci, job: &JobId, outcome: &Outcome, timi
         outcome.state, outcome.exit_code, outcome.reason, timing.nodes
     ));
     set_final_outputs(ci, &outcome.state, outcome.exit_code);
-    let cell = |text: &str| text.replace('|', "\\|");
-    let summary = format!(
-        "### firecrest-ci: job {job}\n\n\
-         | state | exit code | reason | elapsed | queue time | nodes | job name |\n\
-         |---|---|---|---|---|---|---|\n\
-         | {} | {} | {} | {elapsed} | {queued} | {} | {} |\n",
-        cell(&outcome.state),
-        outcome.exit_code,
-        cell(&outcome.reason),
-        cell(&timing.nodes),
-        cell(&config.job_name)
-    );
-    if let Err(err) = ci.append_summary(&summary) {
-        tracing::warn!("could not write the step summary: {err:#}");
-    }
+    let row = [
+        outcome.state.as_str(),
+        &outcome.exit_code.to_string(),
+        &outcome.reason,
+        &elapsed,
+        &queued,
+        &timing.nodes,
+    ];
+    write_summary(config, ci, job, row);
     if !outcome.success {
         ci.error(&format!("job {job} {}", outcome.state), &outcome.reason);
     }
@@ -715,12 +715,40 @@ fn report_missing(ci: &Ci, remote: &Remote<'_>, missing: &[(String, Missing)]) {
     }
 }
 
-fn report_stopped(ci: &Ci, job: &JobId, code: i32, message: &str) {
+fn report_stopped(config: &Config, ci: &Ci, job: &JobId, code: i32, message: &str) {
     ci.print_line(&format!(
         "firecrest-ci: job {job}: {message} (exit code {code})"
     ));
     set_final_outputs(ci, "CANCELLED", code);
+    // The summary says what the final line and the outputs say.
+    write_summary(
+        config,
+        ci,
+        job,
+        ["CANCELLED", &code.to_string(), message, "-", "-", "-"],
+    );
     ci.error(&format!("job {job} cancelled"), message);
+}
+
+/// The step summary's table: one row of state, exit code, reason, elapsed,
+/// queue time and nodes, then the job name.
+fn write_summary(config: &Config, ci: &Ci, job: &JobId, row: [&str; 6]) {
+    let cell = |text: &str| text.replace('|', "\\|");
+    let cells: Vec<String> = row
+        .iter()
+        .chain([&config.job_name.as_str()])
+        .map(|c| cell(c))
+        .collect();
+    let summary = format!(
+        "### firecrest-ci: job {job}\n\n\
+         | state | exit code | reason | elapsed | queue time | nodes | job name |\n\
+         |---|---|---|---|---|---|---|\n\
+         | {} |\n",
+        cells.join(" | ")
+    );
+    if let Err(err) = ci.append_summary(&summary) {
+        tracing::warn!("could not write the step summary: {err:#}");
+    }
 }
 
 fn set_final_outputs(ci: &Ci, state: &str, code: i32) {

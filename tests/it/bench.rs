@@ -100,3 +100,107 @@ fn bench_streaming() {
     println!("bench_end_to_exit_s {end_to_exit:.2}");
     println!("bench_wall_s {:.1}", started.elapsed().as_secs_f64());
 }
+
+/// One whole run for the output benchmark: `commands` on a double with
+/// its real 5 s command timeout. Asserts the job's output is shown whole
+/// and in order (`expected`, compared with the local log file); prints the
+/// time from the job's end (the batch script's last line appearing in
+/// `job.out`) to that line shown in the CI log and to the tool's exit, and
+/// the requests by kind, as `bench_<key>_...` lines.
+fn bench_output_run(key: &str, commands: &str, expected: Option<&[u8]>) -> f64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let fake = FakeFirecrest::start();
+    let name = format!("bench-{key}");
+    // Default polling: what users get without tuning.
+    let mut setup = Setup::firecrest(&fake, &name, commands);
+    setup.env.remove("FIRECREST_POLL_INTERVAL");
+    setup.env.remove("FIRECREST_LOG_INTERVAL");
+    let marker = b"firecrest-ci: end of the batch script";
+    let mut child = setup.spawn();
+    // The job's end: when its output file first holds the script's last line.
+    let job_ended = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| loop {
+            let path = fake.job_by_name(&name).map(|j| j.stdout);
+            if let Some(Ok(mut file)) = path.map(std::fs::File::open) {
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let mut tail = Vec::new();
+                let _ = file.seek(SeekFrom::Start(len.saturating_sub(256)));
+                let _ = file.read_to_end(&mut tail);
+                if tail.windows(marker.len()).any(|w| w == marker) {
+                    return Instant::now();
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut shown = Vec::new();
+        let mut last_shown = None;
+        let mut line = Vec::new();
+        while stdout.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            if line.windows(marker.len()).any(|w| w == marker) {
+                last_shown = Some(Instant::now());
+            }
+            shown.append(&mut line);
+        }
+        let mut stderr = String::new();
+        let _ = child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr);
+        let status = child.wait().expect("wait");
+        let exited = Instant::now();
+        let ended = watcher.join().expect("watcher");
+        let out = crate::harness::Outcome {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&shown).into_owned(),
+            stderr,
+            elapsed: Default::default(),
+        };
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        if let Some(expected) = expected {
+            crate::large_output::assert_shown_exactly(&setup, &out, expected);
+        }
+        let last_shown = last_shown.expect("the script's last line was shown");
+        let since = |t: Instant| t.saturating_duration_since(ended).as_secs_f64();
+        println!("bench_{key}_end_to_last_line_s {:.2}", since(last_shown));
+        println!("bench_{key}_end_to_exit_s {:.2}", since(exited));
+        since(exited)
+    });
+    if let Some(expected) = expected {
+        println!("bench_{key}_bytes {}", expected.len());
+    }
+    let mut kinds = std::collections::BTreeMap::new();
+    for entry in fake.log() {
+        *kinds.entry(format!("{:?}", entry.route)).or_insert(0) += 1;
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    println!("bench_{key}_requests {}", kinds.join(","));
+    job_ended
+}
+
+#[test]
+#[ignore = "a benchmark: run it with bench/run"]
+fn bench_output() {
+    let burst = crate::fake_replay::large_output();
+    bench_output_run(
+        "burst12",
+        &crate::large_output::burst_commands(),
+        Some(&burst),
+    );
+    // 1,000,000 lines of 104-110 bytes: about 106 MB.
+    let x = "x".repeat(95);
+    let mut big = Vec::with_capacity(110_000_000);
+    for i in 1..=1_000_000 {
+        big.extend_from_slice(format!("H{i} {x}\n").as_bytes());
+    }
+    let commands = format!("seq -f 'H%.0f {x}' 1 1000000");
+    bench_output_run("out100", &commands, Some(&big));
+    // A trivial job, five times: the median and the worst.
+    let mut trivial: Vec<f64> = (0..5)
+        .map(|_| bench_output_run("trivial", "echo hello", None))
+        .collect();
+    trivial.sort_by(|a, b| a.total_cmp(b));
+    println!("bench_trivial_end_to_exit_median_s {:.2}", trivial[2]);
+    println!("bench_trivial_end_to_exit_max_s {:.2}", trivial[4]);
+}

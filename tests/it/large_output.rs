@@ -1,7 +1,9 @@
 //! Whole runs whose output piles up beyond what one FirecREST read returns:
 //! a 12 MB burst (the recorded `ops_large_output.json` job), a backlog built
 //! while the API is down, multi-byte characters and invalid bytes across
-//! read pieces, and a log that cannot be shown (exit 74, run directory kept).
+//! read pieces, a 40 MB backlog (through an S3 snapshot, and in `view`
+//! windows when the server has no S3), and a log that cannot be shown
+//! (exit 74, run directory kept).
 //! The double answers reads over its buffer the way the real server does
 //! (408 or 500 after the command timeout), so a run that asked for too much
 //! at once would be slow and incomplete here.
@@ -15,7 +17,7 @@ use crate::harness::{readme_exit_code, wait_until, Outcome, Setup};
 const LIMIT: Duration = Duration::from_secs(240);
 
 /// The recorded job's commands.
-fn burst_commands() -> String {
+pub fn burst_commands() -> String {
     format!(
         "seq -f 'B%g {}' 1 120000\nseq -f 'C%g grüße ✓ 日本語 {}' 1 3000",
         "x".repeat(95),
@@ -40,7 +42,7 @@ fn job_body(text: &[u8]) -> &[u8] {
 
 /// Asserts the local log and the CI log show exactly `expected` as the
 /// job's output.
-fn assert_shown_exactly(setup: &Setup, out: &Outcome, expected: &[u8]) {
+pub fn assert_shown_exactly(setup: &Setup, out: &Outcome, expected: &[u8]) {
     let log = std::fs::read(setup.path().join("firecrest-ci.log")).expect("the local log file");
     let body = job_body(&log);
     if body != expected {
@@ -232,4 +234,69 @@ fn slurm_a_12_mb_burst_is_shown_whole_and_in_order() {
     let out = setup.run(LIMIT);
     assert_eq!(out.code, 0, "{}", out.both());
     assert_shown_exactly(&setup, &out, &large_output());
+}
+
+/// A job that prints about 40 MB at once (a file it wrote first, then
+/// `cat`): a backlog over the 32 MiB above which the tool reads through an
+/// S3 snapshot when the server offers S3. Returns the commands and the
+/// bytes they print.
+fn backlog_40mb() -> (String, Vec<u8>) {
+    let x = "x".repeat(95);
+    let commands = format!("seq -f 'S%g {x}' 1 400000 > backlog.txt\ncat backlog.txt");
+    let mut expected = Vec::with_capacity(41_000_000);
+    for i in 1..=400_000 {
+        expected.extend_from_slice(format!("S{i} {x}\n").as_bytes());
+    }
+    assert!(expected.len() > 32 << 20);
+    (commands, expected)
+}
+
+#[test]
+fn a_40_mb_backlog_is_read_through_an_s3_snapshot_whole_and_in_order() {
+    let fake = FakeFirecrest::start();
+    let (commands, expected) = backlog_40mb();
+    let setup = Setup::firecrest(&fake, "backlog-s3", &commands);
+    let out = setup.run(LIMIT);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_shown_exactly(&setup, &out, &expected);
+    // One snapshot of job.out, read with ranged GETs.
+    let snapshots: Vec<String> = fake
+        .log()
+        .iter()
+        .filter(|e| e.route == Route::TransferDownload)
+        .map(|e| format!("{} {}", e.status, e.query))
+        .collect();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert!(fake.count(Route::S3Get) >= 1);
+    assert_eq!(too_big_reads(&fake), Vec::<String>::new());
+}
+
+#[test]
+fn a_40_mb_backlog_without_s3_is_read_in_view_windows_whole_and_in_order() {
+    let fake = FakeFirecrest::start();
+    fake.settings(|s| s.s3 = false);
+    let (commands, expected) = backlog_40mb();
+    let setup = Setup::firecrest(&fake, "backlog-views", &commands);
+    let out = setup.run(LIMIT);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_shown_exactly(&setup, &out, &expected);
+    assert_eq!(fake.count(Route::TransferDownload), 0);
+    // Windows of at most 2 MiB, so at least 19 of them for 40 MB.
+    let views: Vec<String> = fake
+        .log()
+        .iter()
+        .filter(|e| e.route == Route::OpsView)
+        .map(|e| e.query.clone())
+        .collect();
+    assert!(views.len() >= expected.len() / (2 << 20), "{views:?}");
+    let sizes = views.iter().filter_map(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("size="))
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    assert!(
+        sizes.clone().count() == views.len() && sizes.clone().all(|s| s <= 2 << 20),
+        "{views:?}"
+    );
+    assert_eq!(too_big_reads(&fake), Vec::<String>::new());
 }

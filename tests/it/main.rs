@@ -15,5 +15,6 @@ mod harness;
 mod large_output;
 mod lifecycle;
 mod local;
+mod messages;
 mod signals;
 mod slurm;

@@ -299,12 +299,14 @@ impl FsCtx {
     }
 
     fn head_tail(&self, req: &Request, head: bool) -> Result<Response, Response> {
-        let (raw, p) = self.query_path(req)?;
         let bytes_q = req.query("bytes");
         let lines_q = req.query("lines");
+        // Checked before the path, as in validation_errors.json (a path
+        // outside every file system still gets this answer).
         if bytes_q.is_some() && lines_q.is_some() {
             return Err(err(400, "Only one of `bytes` or `lines` can be specified."));
         }
+        let (raw, p) = self.query_path(req)?;
         let skip = req.query(if head { "skipEnding" } else { "skipHeading" }) == Some("true");
         let tool = if head { "head" } else { "tail" };
         let data = read_file(&p).map_err(|_| {
