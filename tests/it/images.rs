@@ -682,7 +682,9 @@ fn gitlab_after_script_cancels_the_job_of_a_killed_tool() {
     assert!(!job.dotenv().contains_key("FIRECREST_JOB_STATE"));
     assert!(!job_state(&fake, &name).starts_with("CANCELLED"));
 
-    // after_script runs in a new container with the job's variables.
+    // after_script runs in a new container with the job's variables, as
+    // GitLab runs it; FIRECREST_RUN among them, which `firecrest-ci cancel`
+    // in this branch still requires, though it does not use it.
     let after = job.run_to_end("gl-kill-after", "after_script");
     assert_eq!(after.code, 0, "{}", after.both());
     assert!(
