@@ -1,62 +1,61 @@
-# syntax=docker/dockerfile:1
+# firecrest-ci container images, built from one Dockerfile (RELEASING.md).
 #
-# firecrest-ci container images, built from one Dockerfile (RELEASING.md):
+# The build context is not this repository but a directory that .ci/image
+# lays out from prebuilt, static files; nothing is compiled or pulled here:
 #
-#   docker build -t ghcr.io/firecrest-ci/firecrest-ci:X.Y.Z .
-#       the default, last stage: the static binary and a CA bundle on an empty
-#       base, the binary as the exec-form entrypoint. The GitHub Action, plain
-#       `docker run` and CI systems that pass the command line use it.
-#   docker build --target shell -t ghcr.io/firecrest-ci/firecrest-ci:X.Y.Z-shell .
-#       the same binary on debian:bookworm-slim with no entrypoint, for GitLab,
-#       which runs a job's script: through a shell in the image.
+#   linux-<arch>/firecrest-ci   the static release binary (.ci/static-check)
+#   linux-<arch>/busybox        Debian's busybox-static (shell variant only)
+#   linux-<arch>/bash           Debian's bash-static (shell variant only)
+#   common/etc/ssl/certs/ca-certificates.crt   the build machine's CA bundle
+#   common/tmp/                 an empty directory, mode 1777
+#   shell/bin/                  busybox applet links (sh, sed, setsid, ...)
+#
+#   .ci/image                   builds both targets as firecrest-ci:dev and
+#                               firecrest-ci:dev-shell
+#
+# Targets:
+#   image (default, last)  the binary and the CA bundle on an empty base, the
+#                          binary as the exec-form entrypoint: the GitHub
+#                          Action and plain `docker run`
+#   shell                  the same plus busybox and bash, no entrypoint: GitLab
+#                          (script: runs through a shell in the image), Jenkins
+#                          `inside`, and the local backend (its batch script is bash)
 #
 # The binary is fully static (glibc with +crt-static, .cargo/config.toml) and
 # never uses glibc's NSS, so it needs no /etc/passwd, resolver library or
-# loader. It installs its own SIGINT/SIGTERM/SIGHUP handlers, so it works as
-# PID 1 (a GitHub Docker action runs it that way) and cancels the Slurm job
-# when the container is stopped.
+# loader, and runs under any --user. It installs its own SIGINT/SIGTERM/SIGHUP
+# handlers, so as PID 1 (how a GitHub Docker action runs it) it still cancels
+# the Slurm job when the container is stopped. With the firecrest backend it
+# starts no child processes, so PID 1 has nothing to reap.
+#
+# TARGETARCH is set by BuildKit for each platform of a multi-platform build;
+# the default serves the legacy builder that .ci/image uses.
 
-ARG RUST_IMAGE=rust:1-bookworm
-ARG SHELL_BASE=debian:bookworm-slim
-
-FROM ${RUST_IMAGE} AS build
-WORKDIR /src
-COPY . .
-# The release profile (Cargo.toml) uses LTO and strips symbols. Fail the build
-# when the binary is not static: it would not start on an empty base.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/usr/local/cargo/git \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
- && install -D -m 0755 target/x86_64-unknown-linux-gnu/release/firecrest-ci \
-      /rootfs/usr/local/bin/firecrest-ci \
- && file /rootfs/usr/local/bin/firecrest-ci | grep -Eq 'statically linked|static-pie linked'
-# The final file system, laid out here so that modes survive the copy:
-# the CA bundle, and a world-writable /tmp for temporary files.
-RUN install -D -m 0644 /etc/ssl/certs/ca-certificates.crt \
-      /rootfs/etc/ssl/certs/ca-certificates.crt \
- && mkdir -m 1777 /rootfs/tmp
-
-# GitLab variant: a shell for script:, the same binary on PATH, no entrypoint.
-FROM ${SHELL_BASE} AS shell
+FROM scratch AS shell
+ARG TARGETARCH=amd64
 ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="firecrest-ci (with shell)" \
-      org.opencontainers.image.description="Run CI jobs on HPC clusters through FirecREST v2 and Slurm; variant with a shell for GitLab CI" \
+      org.opencontainers.image.description="Run CI jobs on HPC clusters through FirecREST v2 and Slurm; variant with a POSIX shell (busybox) and bash for GitLab CI" \
       org.opencontainers.image.source="https://github.com/firecrest-ci/firecrest-ci" \
       org.opencontainers.image.url="https://github.com/firecrest-ci/firecrest-ci" \
       org.opencontainers.image.documentation="https://github.com/firecrest-ci/firecrest-ci#readme" \
       org.opencontainers.image.licenses="BSD-3-Clause" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
-COPY --from=build /rootfs/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY --from=build /rootfs/usr/local/bin/firecrest-ci /usr/local/bin/firecrest-ci
-CMD ["firecrest-ci"]
+COPY common/ /
+COPY shell/bin/ /bin/
+COPY linux-${TARGETARCH}/busybox linux-${TARGETARCH}/bash /bin/
+COPY linux-${TARGETARCH}/firecrest-ci /usr/local/bin/firecrest-ci
+ENV PATH=/usr/local/bin:/bin \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+CMD ["/usr/local/bin/firecrest-ci"]
 
 # Default image: nothing but the binary, a CA bundle and a writable /tmp.
 # No USER: a GitHub Docker action must write to the runner's workspace, which
 # the runner mounts owned by its own user, and runs containers as root anyway.
 FROM scratch AS image
+ARG TARGETARCH=amd64
 ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="firecrest-ci" \
@@ -67,6 +66,7 @@ LABEL org.opencontainers.image.title="firecrest-ci" \
       org.opencontainers.image.licenses="BSD-3-Clause" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
-COPY --from=build /rootfs/ /
+COPY common/ /
+COPY linux-${TARGETARCH}/firecrest-ci /usr/local/bin/firecrest-ci
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 ENTRYPOINT ["/usr/local/bin/firecrest-ci"]

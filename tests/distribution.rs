@@ -407,6 +407,230 @@ fn include_template_documents_every_variable_and_default() {
     }
 }
 
+// --- descriptions, generated from the input table ---------------------------
+//
+// The three YAML files say of each input what `INPUTS` says, in one form
+// each. Their description lines are generated here: a test fails when a
+// file differs from what the table makes, and
+// `FIRECREST_CI_REGENERATE=1 cargo test --test distribution descriptions`
+// rewrites the lines (nothing else in the files) from the table.
+
+/// What `action.yml` and the GitLab component say of an input: the table's
+/// line as a sentence, then its derived default, or for a secret how to
+/// pass it. Each part once: a note the table already has is not added again.
+fn yaml_description(spec: &InputSpec) -> String {
+    let mut text = sentence(spec.description);
+    if spec.secret {
+        text.push_str(&format!(
+            " Pass an encrypted secret, e.g. secrets.{}, never a literal value; no default.",
+            spec.env
+        ));
+    } else if spec.default.is_empty() && !spec.default_doc.is_empty() {
+        text.push_str(&format!(" Default: {}.", spec.default_doc));
+    }
+    text
+}
+
+/// The classic template's comment line for an input's variable.
+fn template_comment(spec: &InputSpec) -> String {
+    let default = if spec.default.is_empty() {
+        spec.default_doc
+    } else {
+        spec.default
+    };
+    let mut text = spec.description.to_string();
+    if spec.secret {
+        text.push_str(" -- set it as a masked CI/CD variable");
+    } else if !default.is_empty() {
+        text.push_str(&format!(" (default: {default})"));
+    }
+    format!("#   {:<30}{text}", spec.env)
+}
+
+/// `text` with a capital first letter and one final period.
+fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    let first: String = chars
+        .next()
+        .map(|c| c.to_uppercase().collect())
+        .unwrap_or_default();
+    let mut out = format!("{first}{}", chars.as_str());
+    if !out.ends_with('.') {
+        out.push('.');
+    }
+    out
+}
+
+fn yaml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `text` with the `description:` line of every input in the table made
+/// from it. The inputs are the keys `<indent><name>:` of the mapping under
+/// `<indent - 2>inputs:`; an input's description is its next
+/// `<indent + 2>description:` line.
+fn regenerate_yaml(text: &str, indent: usize) -> String {
+    let key_prefix = " ".repeat(indent);
+    let header = format!("{}inputs:", " ".repeat(indent - 2));
+    let description_prefix = format!("{}description: ", " ".repeat(indent + 2));
+    let mut in_inputs = false;
+    let mut current: Option<&InputSpec> = None;
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches('\n');
+        let depth = bare.len() - bare.trim_start().len();
+        if bare == header {
+            in_inputs = true;
+        } else if !bare.trim().is_empty() && !bare.trim_start().starts_with('#') && depth < indent {
+            in_inputs = false;
+            current = None;
+        }
+        if !in_inputs {
+            out.push_str(line);
+            continue;
+        }
+        if let Some(key) = bare
+            .strip_prefix(&key_prefix)
+            .and_then(|rest| rest.strip_suffix(':'))
+            .filter(|key| !key.starts_with(' '))
+        {
+            current = INPUTS.iter().find(|spec| spec.name == key);
+        } else if let (Some(spec), true) = (current, bare.starts_with(&description_prefix)) {
+            out.push_str(&description_prefix);
+            out.push_str(&yaml_string(&yaml_description(spec)));
+            out.push('\n');
+            current = None;
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// `text` with each `#   FIRECREST_*` comment line made from the table.
+fn regenerate_comments(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        let spec = line
+            .strip_prefix("#   FIRECREST_")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|var| {
+                INPUTS
+                    .iter()
+                    .find(|spec| spec.env.strip_prefix("FIRECREST_") == Some(var))
+            });
+        match spec {
+            Some(spec) => {
+                out.push_str(&template_comment(spec));
+                out.push('\n');
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+#[test]
+fn descriptions_are_generated_from_the_input_table() {
+    let regenerate = std::env::var("FIRECREST_CI_REGENERATE").as_deref() == Ok("1");
+    let mut stale = Vec::new();
+    for (path, make) in [
+        (
+            "action.yml",
+            (|t: &str| regenerate_yaml(t, 2)) as fn(&str) -> String,
+        ),
+        (COMPONENT, |t: &str| regenerate_yaml(t, 4)),
+        (CLASSIC, regenerate_comments),
+    ] {
+        let text = repo_file(path);
+        let expected = make(&text);
+        if expected == text {
+            continue;
+        }
+        if regenerate {
+            let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+            std::fs::write(&full, &expected).unwrap();
+        } else {
+            let first = text
+                .lines()
+                .zip(expected.lines())
+                .find(|(have, want)| have != want)
+                .map(|(have, want)| format!("\n  is:        {have}\n  generated: {want}"))
+                .unwrap_or_default();
+            stale.push(format!("{path}{first}"));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "descriptions differ from src/config.rs INPUTS; run \
+         FIRECREST_CI_REGENERATE=1 cargo test --test distribution descriptions:\n{}",
+        stale.join("\n")
+    );
+}
+
+/// The first phrase of four or more words that `text` says twice, if any:
+/// a note appended to a line that already had it.
+fn repeated_phrase(text: &str) -> Option<String> {
+    const WORDS: usize = 4;
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric() && c != '-' && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let mut seen = BTreeSet::new();
+    words
+        .windows(WORDS)
+        .map(|w| w.join(" "))
+        .find(|phrase| !seen.insert(phrase.clone()))
+}
+
+#[test]
+fn no_description_repeats_a_phrase() {
+    assert_eq!(
+        repeated_phrase("OAuth2 client id (with client-secret and token-url) (with client-secret and token-url)."),
+        Some("with client-secret and token-url".to_string()),
+        "the check finds the repetition it is for"
+    );
+    let mut descriptions: Vec<(String, String)> = Vec::new();
+    let action = action();
+    for section in ["inputs", "outputs"] {
+        for name in map_keys(&action[section], section) {
+            let what = format!("action.yml {section}.{name}");
+            descriptions.push((
+                what.clone(),
+                str_at(&action[section][&name], "description", &what).into(),
+            ));
+        }
+    }
+    let (spec, _) = component();
+    for name in map_keys(&spec["spec"]["inputs"], "component inputs") {
+        let what = format!("{COMPONENT} input {name}");
+        descriptions.push((
+            what.clone(),
+            str_at(&spec["spec"]["inputs"][&name], "description", &what).into(),
+        ));
+    }
+    for line in repo_file(CLASSIC)
+        .lines()
+        .filter(|l| l.starts_with("#   FIRECREST_"))
+    {
+        descriptions.push((format!("{CLASSIC} comment"), line.to_string()));
+    }
+    for spec in INPUTS {
+        descriptions.push((
+            format!("INPUTS {}", spec.name),
+            spec.description.to_string(),
+        ));
+    }
+    let repeats: Vec<String> = descriptions
+        .iter()
+        .filter_map(|(what, text)| {
+            repeated_phrase(text).map(|phrase| format!("{what}: {phrase:?} twice in {text:?}"))
+        })
+        .collect();
+    assert!(repeats.is_empty(), "{}", repeats.join("\n"));
+}
+
 // --- the binary, started the way each platform starts it --------------------
 
 const SECRET: &str = "s3cr3t-7a41c9-never-print";

@@ -146,7 +146,9 @@ fi
 
 _fci_sha256_ok() {
   if command -v sha256sum >/dev/null 2>&1; then
-    printf '%s  %s\n' "$_fci_sha256" "$_fci_archive" | sha256sum -c --status -
+    # Quiet by redirection, not --status: busybox's sha256sum (the -shell
+    # image) knows only -s, GNU's only --status.
+    printf '%s  %s\n' "$_fci_sha256" "$_fci_archive" | sha256sum -c - >/dev/null 2>&1
   else
     printf '%s  %s\n' "$_fci_sha256" "$_fci_archive" | shasum -a 256 -c --status -
   fi

@@ -234,6 +234,17 @@ pub fn wait(mut child: Child, limit: Duration, started: Instant) -> Outcome {
     }
 }
 
+/// True once a job's output file on the double's cluster contains `text`.
+pub fn job_printed(fake: &FakeFirecrest, text: &str) -> bool {
+    fake.scratch_files()
+        .iter()
+        .filter(|f| f.ends_with("job.out"))
+        .any(|f| {
+            std::fs::read(fake.scratch().join(f))
+                .is_ok_and(|out| String::from_utf8_lossy(&out).contains(text))
+        })
+}
+
 /// Waits until `check` holds, polling; false on timeout.
 pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let started = Instant::now();

@@ -9,23 +9,12 @@ use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
 use crate::fake::{FakeFirecrest, ForcedEnd, Route};
-use crate::harness::{lines_with, random_file, wait, wait_until, Outcome, Setup};
+use crate::harness::{job_printed, lines_with, random_file, wait, wait_until, Outcome, Setup};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn run(fake: &FakeFirecrest, name: &str, commands: &str) -> Outcome {
     Setup::firecrest(fake, name, commands).run(LIMIT)
-}
-
-/// True once a job's output file on the double's cluster contains `text`.
-fn job_printed(fake: &FakeFirecrest, text: &str) -> bool {
-    fake.scratch_files()
-        .iter()
-        .filter(|f| f.ends_with("job.out"))
-        .any(|f| {
-            std::fs::read(fake.scratch().join(f))
-                .is_ok_and(|out| String::from_utf8_lossy(&out).contains(text))
-        })
 }
 
 /// Files left under the user's scratch directory, other than the tool's base.

@@ -2,7 +2,11 @@
 //! double (`fake`), which has self-tests of its own in `fake_selftest`;
 //! whole runs through the `local` backend (`local`) and a real Slurm (`slurm`);
 //! artifacts with unsafe entries, both ways (`artifacts`); input mistakes
-//! only the cluster sees, `check`, `cancel` and leftovers (`errors`).
+//! only the cluster sees, `check`, `cancel` and leftovers (`errors`); bounded
+//! reads of large outputs (`large_output`, `fake_replay`); cancel and time
+//! limit as Slurm signals them (`signals`); what the CI log says, in order
+//! (`messages`); the container images, run as GitHub, GitLab and a plain
+//! `docker run` run them (`images`).
 
 mod artifacts;
 mod bench;
@@ -12,6 +16,7 @@ mod fake_replay;
 mod fake_selftest;
 mod faults;
 mod harness;
+mod images;
 mod large_output;
 mod lifecycle;
 mod local;
