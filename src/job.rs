@@ -264,6 +264,12 @@ impl<'a> Watcher<'a> {
                     tracker.since_end = Some(0);
                     next_state = next_state.min(Instant::now());
                 }
+                if self.script_ended && !tracker.script_ended {
+                    // Restart the short schedule at the script's last line.
+                    tracker.script_ended = true;
+                    tracker.since_end = Some(0);
+                    next_state = next_state.min(Instant::now());
+                }
             }
         }
     }
@@ -555,6 +561,8 @@ struct StateTracker {
     checks: u32,
     /// State reads since the batch script said the commands ended.
     since_end: Option<u32>,
+    /// The batch script printed its last line.
+    script_ended: bool,
 }
 
 impl StateTracker {
@@ -566,9 +574,15 @@ impl StateTracker {
         } else if let Some(checks) = self.since_end.as_mut() {
             // The job should end any moment: 1, 2, 4, ... seconds, so a state
             // that lingers (a slow epilog, a state this tool does not know)
-            // does not cost a request a second.
+            // does not cost a request a second. Once the script printed its
+            // last line, only the shell's exit is left: 0.1, 0.2, 0.4, ... s.
             *checks += 1;
-            Duration::from_secs(1u64 << (*checks - 1).min(4)).min(settings.state_interval)
+            let first = if self.script_ended {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(1)
+            };
+            (first * (1u32 << (*checks - 1).min(4))).min(settings.state_interval)
         } else {
             settings.state_interval
         }
