@@ -250,6 +250,35 @@ impl Ci {
         }
     }
 
+    /// Publishes an output the job itself set (see `handback`). On GitHub it
+    /// is a step output of that name; on GitLab the dotenv key is
+    /// `FIRECREST_OUTPUT_` plus the name upper-cased, apart from the tool's
+    /// own `FIRECREST_JOB_*` keys. The caller has refused the tool's own names.
+    pub fn set_job_output(&self, name: &str, value: &str) -> Result<()> {
+        validate_output_name(name)?;
+        let (path, record) = match self.platform {
+            Platform::GitHub => (
+                self.paths.github_output.as_ref(),
+                github_output_record(name, value),
+            ),
+            Platform::GitLab => (
+                self.paths.gitlab_dotenv.as_ref(),
+                dotenv_line(&job_output_key(name), name, value)?,
+            ),
+            Platform::Plain => (None, String::new()),
+        };
+        let Some(path) = path else {
+            tracing::debug!(
+                name,
+                "no output file on this platform; job output not written"
+            );
+            return Ok(());
+        };
+        let _files = self.lock_files();
+        append_record(path, record.as_bytes())
+            .with_context(|| format!("failed to write the job's output {name}"))
+    }
+
     /// Appends Markdown to the GitHub step summary; past GitHub's 1 MiB limit
     /// it is cut at a line boundary with a note, and later appends are dropped.
     pub fn append_summary(&self, markdown: &str) -> Result<()> {
@@ -541,10 +570,22 @@ fn dotenv_key(name: &str) -> String {
     )
 }
 
+/// The dotenv key of an output the job set: `gflops` ->
+/// `FIRECREST_OUTPUT_GFLOPS`.
+fn job_output_key(name: &str) -> String {
+    format!(
+        "FIRECREST_OUTPUT_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
 /// One dotenv line. GitLab reads `KEY=VALUE` per line and strips surrounding
 /// whitespace, so values it would change are refused.
 fn dotenv_record(name: &str, value: &str) -> Result<String> {
-    let key = dotenv_key(name);
+    dotenv_line(&dotenv_key(name), name, value)
+}
+
+fn dotenv_line(key: &str, name: &str, value: &str) -> Result<String> {
     if value.contains(['\n', '\r']) {
         bail!("cannot write step output {name} to the dotenv file: GitLab dotenv values must be one line");
     }

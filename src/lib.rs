@@ -10,6 +10,7 @@ pub mod check;
 pub mod ci;
 pub mod config;
 pub mod firecrest;
+pub mod handback;
 pub mod job;
 pub mod outcome;
 pub mod placement;

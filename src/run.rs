@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use crate::backend::{self, Backend, JobId, JobSpec, JobStatus, StagedWorkspace};
 use crate::ci::Ci;
 use crate::config::{BackendKind, Config, Connection, Credentials, UserCommand};
+use crate::handback;
 use crate::job::{Missing, OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
 use crate::outcome::{self, codes, Outcome};
 use crate::placement;
@@ -546,6 +547,7 @@ async fn finish(
                 );
                 keep = true;
             }
+            let handed_back = fetch_handback(remote).await;
             if !keep && config.cleanup.should_remove(outcome.success) {
                 remote.cleanup().await;
             } else if keep {
@@ -560,7 +562,87 @@ async fn finish(
                 &outcome,
                 &Timing::of(&status, submitted_at),
             );
+            // Below the tool's own report, as the job's additions.
+            pass_on_handback(ci, handed_back);
             Ok(outcome.exit_code)
+        }
+    }
+}
+
+/// The job's output and summary files, as read back (empty when the job
+/// wrote nothing; `None` when they could not be read).
+struct HandedBack {
+    outputs: Option<String>,
+    summary: Option<String>,
+}
+
+/// Reads back the files the job may have appended step outputs and summary
+/// Markdown to (`FIRECREST_CI_OUTPUT`, `FIRECREST_CI_SUMMARY`).
+async fn fetch_handback(remote: &Remote<'_>) -> HandedBack {
+    let read = |name: &'static str| async move {
+        let result = async {
+            let scratch = tempfile::Builder::new()
+                .prefix("firecrest-ci-handback-")
+                .tempdir()
+                .context("failed to create a temporary directory")?;
+            let local = scratch.path().join(name);
+            if !remote.backend.download(&remote.path(name), &local).await? {
+                return anyhow::Ok(String::new());
+            }
+            let size = std::fs::metadata(&local)
+                .with_context(|| format!("failed to read {}", local.display()))?
+                .len();
+            if size > handback::MAX_BYTES {
+                anyhow::bail!(
+                    "the job wrote {} to {name}, more than the {} firecrest-ci reads back",
+                    format_bytes(size),
+                    format_bytes(handback::MAX_BYTES)
+                );
+            }
+            let bytes = std::fs::read(&local)
+                .with_context(|| format!("failed to read {}", local.display()))?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        .await;
+        match result {
+            Ok(text) => Some(text),
+            Err(err) => {
+                tracing::warn!("could not read back the job's {name}: {err:#}");
+                None
+            }
+        }
+    };
+    HandedBack {
+        outputs: read(handback::OUTPUT_FILE).await,
+        summary: read(handback::SUMMARY_FILE).await,
+    }
+}
+
+/// Passes the job's own step outputs and summary on to CI.
+fn pass_on_handback(ci: &Ci, handed_back: HandedBack) {
+    if let Some(text) = handed_back.outputs {
+        let (outputs, refused) = handback::parse_outputs(&text);
+        for output in &outputs {
+            if let Err(err) = ci.set_job_output(&output.name, &output.value) {
+                ci.warning("job outputs", &format!("{err:#}"));
+            }
+        }
+        if !refused.is_empty() {
+            ci.warning(
+                "job outputs",
+                &format!(
+                    "ignored what the job wrote to FIRECREST_CI_OUTPUT on {}",
+                    refused.join("; ")
+                ),
+            );
+        }
+        if !outputs.is_empty() {
+            tracing::info!("the job set {} step outputs", outputs.len());
+        }
+    }
+    if let Some(markdown) = handed_back.summary.filter(|m| !m.trim().is_empty()) {
+        if let Err(err) = ci.append_summary(&markdown) {
+            tracing::warn!("could not append the job's summary: {err:#}");
         }
     }
 }

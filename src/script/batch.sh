@@ -22,6 +22,8 @@
 #   _fci_mode               inline (commands in _fci_commands) or script (_fci_script)
 #   _fci_commands           where _fci_write_commands writes the inline commands
 #   _fci_script             the script file in the workspace to run
+#   _fci_output_file        exported as FIRECREST_CI_OUTPUT (step outputs)
+#   _fci_summary_file       exported as FIRECREST_CI_SUMMARY (step summary)
 #
 # Three parts: a prologue (enter the run directory, load the forwarded
 # variables, reassemble, verify and extract the workspace), the user's
@@ -177,6 +179,11 @@ cd -- "$_fci_workspace" || _fci_fail "cannot enter $_fci_run_dir/$_fci_workspace
 if [ "$_fci_mode" = inline ]; then
   _fci_write_commands > "$_fci_commands" || _fci_fail "cannot write the commands file in $_fci_run_dir"
 fi
+
+# Files the commands may append to, as a GitHub step does to $GITHUB_OUTPUT
+# and $GITHUB_STEP_SUMMARY: the tool reads them back after the job.
+export FIRECREST_CI_OUTPUT="$_fci_output_file" FIRECREST_CI_SUMMARY="$_fci_summary_file"
+{ : >> "$FIRECREST_CI_OUTPUT" && : >> "$FIRECREST_CI_SUMMARY"; } || _fci_fail "cannot create the output files in $_fci_run_dir"
 
 # The user's commands: inline ones like a GitHub `run:` block (`set -eo
 # pipefail`, `exit N` ends the block with N), a script file as a program

@@ -170,6 +170,14 @@ pub fn render(spec: &ScriptSpec) -> Result<String> {
     value("marker", &sh_quote(EXTRACTED_MARKER));
     value("invalid", &codes::WORKSPACE_INVALID.to_string());
     value("kill_after", &COMMANDS_GRACE_SECS.to_string());
+    value(
+        "output_file",
+        &sh_quote(&format!("{run_dir}/{}", crate::handback::OUTPUT_FILE)),
+    );
+    value(
+        "summary_file",
+        &sh_quote(&format!("{run_dir}/{}", crate::handback::SUMMARY_FILE)),
+    );
     match &spec.command {
         Command::Inline(commands) => {
             ensure!(
@@ -1359,5 +1367,18 @@ mod tests {
         let out = run.run();
         assert_eq!(out.status.code(), Some(codes::WORKSPACE_INVALID));
         assert!(text(&out.stderr).contains("cannot enter the run directory"));
+    }
+
+    #[test]
+    fn the_commands_can_write_step_outputs_and_a_summary() {
+        let mut run = workspace();
+        run.spec.command = Command::Inline(
+            "echo gflops=812 >> \"$FIRECREST_CI_OUTPUT\"\necho '### Figures' >> \"$FIRECREST_CI_SUMMARY\"".into(),
+        );
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let read = |name: &str| std::fs::read_to_string(run.dir.join(name)).unwrap();
+        assert_eq!(read(crate::handback::OUTPUT_FILE), "gflops=812\n");
+        assert_eq!(read(crate::handback::SUMMARY_FILE), "### Figures\n");
     }
 }

@@ -398,3 +398,19 @@ pub fn random_file(path: &Path, size: usize) -> String {
     std::fs::write(path, &data).unwrap();
     hex::encode(Sha256::digest(&data))
 }
+
+/// `GITHUB_OUTPUT` records (`name=value`, `name<<DELIMITER` blocks) as the
+/// runner reads them, in order.
+pub fn github_output_records(text: &str) -> Vec<(String, String)> {
+    let mut records = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some((name, delimiter)) = line.split_once("<<") {
+            let value: Vec<&str> = lines.by_ref().take_while(|l| *l != delimiter).collect();
+            records.push((name.to_string(), value.join("\n")));
+        } else if let Some((name, value)) = line.split_once('=') {
+            records.push((name.to_string(), value.to_string()));
+        }
+    }
+    records
+}

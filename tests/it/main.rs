@@ -5,7 +5,7 @@
 //! only the cluster sees, `check`, `cancel` and leftovers (`errors`); bounded
 //! reads of large outputs (`large_output`, `fake_replay`); cancel and time
 //! limit as Slurm signals them (`signals`); what the CI log says, in order
-//! (`messages`); the container images, run as GitHub, GitLab and a plain
+//! (`messages`); what the job hands back to CI (`handback`); the container images, run as GitHub, GitLab and a plain
 //! `docker run` run them (`images`).
 
 mod artifacts;
@@ -15,6 +15,7 @@ mod fake;
 mod fake_replay;
 mod fake_selftest;
 mod faults;
+mod handback;
 mod harness;
 mod images;
 mod large_output;

@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::fake::{FakeFirecrest, ForcedEnd};
-use crate::harness::{wait_until, Setup};
+use crate::harness::{github_output_records, wait_until, Setup};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -73,24 +73,9 @@ fn run_github(
     Said {
         code: status.code().unwrap_or(-1),
         log: read(&both),
-        outputs: parse_outputs(&read(&outputs)),
+        outputs: github_output_records(&read(&outputs)),
         summary: read(&summary),
     }
-}
-
-/// GitHub's output file: `name=value` lines and `name<<delimiter` blocks.
-fn parse_outputs(text: &str) -> Vec<(String, String)> {
-    let mut records = Vec::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        if let Some((name, delimiter)) = line.split_once("<<") {
-            let value: Vec<&str> = lines.by_ref().take_while(|l| *l != delimiter).collect();
-            records.push((name.to_string(), value.join("\n")));
-        } else if let Some((name, value)) = line.split_once('=') {
-            records.push((name.to_string(), value.to_string()));
-        }
-    }
-    records
 }
 
 /// Asserts that the run's every statement of its end agrees: the exit
