@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sbatch;
 use crate::secret::Secret;
 
 /// One input of the tool, as every platform names it.
@@ -1299,38 +1300,6 @@ fn parse_gpus(value: &str) -> Result<String, String> {
     parsed.ok_or_else(|| EXPECTED.to_string())
 }
 
-/// An `#SBATCH` option the tool sets itself, or that has an input of its own.
-struct Reserved {
-    long: &'static str,
-    short: Option<char>,
-    reason: &'static str,
-}
-
-const RESERVED_OPTIONS: &[Reserved] = &[
-    Reserved { long: "output", short: Some('o'), reason: "firecrest-ci sets the output file to stream the job's output; the local copy goes to log-file (FIRECREST_LOG_FILE)" },
-    Reserved { long: "error", short: Some('e'), reason: "firecrest-ci sets the error file; use separate-stderr (FIRECREST_SEPARATE_STDERR)" },
-    Reserved { long: "job-name", short: Some('J'), reason: "use job-name (FIRECREST_JOB_NAME)" },
-    Reserved { long: "chdir", short: Some('D'), reason: "the job runs in its per-run directory; use remote-dir (FIRECREST_REMOTE_DIR) for its base" },
-    Reserved { long: "wrap", short: None, reason: "firecrest-ci writes the batch script; use run (FIRECREST_RUN) or script (FIRECREST_SCRIPT)" },
-    Reserved { long: "export", short: None, reason: "firecrest-ci sets the job's environment; use env-vars (FIRECREST_ENV_VARS)" },
-    Reserved { long: "export-file", short: None, reason: "firecrest-ci sets the job's environment; use env-vars (FIRECREST_ENV_VARS)" },
-    Reserved { long: "dependency", short: Some('d'), reason: "firecrest-ci sets dependencies itself (staged uploads) and a foreign one could keep the job pending forever; order CI jobs instead" },
-    Reserved { long: "array", short: Some('a'), reason: "firecrest-ci watches one job, not a job array" },
-    Reserved { long: "wait", short: Some('W'), reason: "firecrest-ci waits for the job itself" },
-    Reserved { long: "hold", short: Some('H'), reason: "a held job never starts and the run would wait forever" },
-    Reserved { long: "parsable", short: None, reason: "firecrest-ci reads sbatch's reply itself" },
-    Reserved { long: "test-only", short: None, reason: "the job would never run; use dry-run (FIRECREST_DRY_RUN)" },
-    Reserved { long: "open-mode", short: None, reason: "firecrest-ci reads the output file by byte offset and needs it fresh" },
-    Reserved { long: "account", short: Some('A'), reason: "use account (FIRECREST_ACCOUNT)" },
-    Reserved { long: "partition", short: Some('p'), reason: "use partition (FIRECREST_PARTITION)" },
-    Reserved { long: "reservation", short: None, reason: "use reservation (FIRECREST_RESERVATION)" },
-    Reserved { long: "constraint", short: Some('C'), reason: "use constraint (FIRECREST_CONSTRAINT)" },
-    Reserved { long: "time", short: Some('t'), reason: "use time-limit (FIRECREST_TIME_LIMIT)" },
-    Reserved { long: "nodes", short: Some('N'), reason: "use nodes (FIRECREST_NODES)" },
-    Reserved { long: "ntasks", short: Some('n'), reason: "use ntasks (FIRECREST_NTASKS)" },
-    Reserved { long: "gpus", short: Some('G'), reason: "use gpus (FIRECREST_GPUS)" },
-];
-
 /// sbatch short options that take a value (`-c 4`, `-c4`), per `man sbatch`;
 /// `I` and `k` take an optional attached one.
 const SHORT_WITH_VALUE: &str = "AaBbCcDdeFGiIJkLMmNnopqStwx";
@@ -1390,7 +1359,7 @@ fn parse_sbatch_option(line: &str) -> Result<String, String> {
             return Err("is not an sbatch option; long options look like --mem=8G".to_string());
         }
         // sbatch accepts unambiguous prefixes (--out = --output), so refuse those too.
-        if let Some(reserved) = RESERVED_OPTIONS.iter().find(|r| r.long.starts_with(name)) {
+        if let Some(reserved) = sbatch::reserved_long(name) {
             return Err(format!(
                 "--{} is not accepted here: {}",
                 reserved.long, reserved.reason
@@ -1406,7 +1375,7 @@ fn parse_sbatch_option(line: &str) -> Result<String, String> {
     let Some(letter) = chars.next().filter(char::is_ascii_alphabetic) else {
         return Err("is not an sbatch option; short options look like -c 4".to_string());
     };
-    if let Some(reserved) = RESERVED_OPTIONS.iter().find(|r| r.short == Some(letter)) {
+    if let Some(reserved) = sbatch::reserved_short(letter) {
         return Err(format!(
             "-{letter} (--{}) is not accepted here: {}",
             reserved.long, reserved.reason

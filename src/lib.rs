@@ -16,6 +16,7 @@ pub mod outcome;
 pub mod placement;
 pub mod progress;
 pub mod run;
+pub mod sbatch;
 pub mod script;
 pub mod secret;
 pub mod transfer;

@@ -30,6 +30,7 @@ use tokio::process::Command;
 
 use super::local::LocalFiles;
 use super::{Backend, JobId, JobSpec, JobStatus, OutputChunk, StagedWorkspace};
+use crate::outcome::SlurmState;
 
 /// How long one Slurm command may take; a busy slurmctld can be slow, a
 /// hung one must not hang CI.
@@ -225,30 +226,17 @@ fn parse_sbatch(stdout: &str) -> Result<JobId> {
     Ok(JobId(id.to_string()))
 }
 
-/// States after which a job's exit code and end time are final.
+/// Whether the job's exit code and end time are final: the one answer of
+/// [`SlurmState::is_final`], so the backend and the watcher agree (an
+/// unknown state and COMPLETING are not final: the job may still change).
 fn is_finished(state: &str) -> bool {
-    let base = state.split_whitespace().next().unwrap_or("");
-    !matches!(
-        base,
-        "PENDING"
-            | "RUNNING"
-            | "SUSPENDED"
-            | "CONFIGURING"
-            | "REQUEUED"
-            | "REQUEUE_HOLD"
-            | "REQUEUE_FED"
-            | "RESIZING"
-            | "SIGNALING"
-            | "STAGE_OUT"
-            | "STOPPED"
-            | "RESV_DEL_HOLD"
-    ) && !base.is_empty()
+    SlurmState::parse(state).is_final()
 }
 
-/// True while the job may still have processes: not yet ended, or ended
-/// and still COMPLETING (its processes being killed, epilogues running).
+/// True while the job may still have processes: any state that is not final
+/// (COMPLETING included: its processes are being killed, epilogues run).
 fn is_still_running(state: &str) -> bool {
-    !is_finished(state) || state.split_whitespace().next() == Some("COMPLETING")
+    !is_finished(state)
 }
 
 /// Splits Slurm's `rc:signal`.
@@ -628,7 +616,7 @@ mod tests {
         assert_eq!(parse_exit_code("0:9"), (Some(0), Some(9)));
         assert_eq!(parse_exit_code("3:0"), (Some(3), Some(0)));
         assert!(is_finished("CANCELLED by 0"));
-        assert!(is_finished("COMPLETING"));
+        assert!(!is_finished("COMPLETING"));
         assert!(!is_finished("RUNNING"));
         assert!(!is_finished(""));
     }
@@ -668,5 +656,51 @@ mod tests {
             "/home/u/firecrest-ci"
         );
         assert_eq!(base_dir_from(None, None), "/tmp/firecrest-ci");
+    }
+
+    /// The backend's "finished" is the watcher's "final", state by state,
+    /// unknown states included (they once disagreed: an unknown state or
+    /// COMPLETING counted as finished here and not there).
+    #[test]
+    fn finished_here_is_final_for_the_watcher() {
+        for state in [
+            "PENDING",
+            "RUNNING",
+            "SUSPENDED",
+            "COMPLETING",
+            "CONFIGURING",
+            "REQUEUED",
+            "REQUEUE_HOLD",
+            "REQUEUE_FED",
+            "RESIZING",
+            "SIGNALING",
+            "STAGE_OUT",
+            "STOPPED",
+            "RESV_DEL_HOLD",
+            "COMPLETED",
+            "FAILED",
+            "TIMEOUT",
+            "CANCELLED by 1001",
+            "NODE_FAIL",
+            "PREEMPTED",
+            "BOOT_FAIL",
+            "DEADLINE",
+            "OUT_OF_MEMORY",
+            "SPECIAL_EXIT",
+            "REVOKED",
+            "SOMETHING_NEW",
+            "",
+        ] {
+            let final_state = SlurmState::parse(state).is_final();
+            assert_eq!(is_finished(state), final_state, "{state}");
+            assert_eq!(is_still_running(state), !final_state, "{state}");
+            // The exit code is reported exactly when the state is final.
+            let line = format!("JobId=7 JobName=x JobState={state} ExitCode=3:0 RunTime=00:00:01");
+            let status = parse_scontrol(&line, "7");
+            if !state.is_empty() {
+                let status = status.expect("a status");
+                assert_eq!(status.exit_code.is_some(), final_state, "{state}");
+            }
+        }
     }
 }

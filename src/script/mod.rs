@@ -274,56 +274,14 @@ pub fn validate_sbatch_option(line: &str) -> Result<Vec<String>> {
     Ok(words)
 }
 
-/// Long options the tool owns, with the reason users see.
-const RESERVED_LONG: &[(&str, &str)] = &[
-    ("job-name", "use the job-name input"),
-    ("output", "firecrest-ci sets the output file and streams it"),
-    ("error", "use the separate-stderr input"),
-    ("chdir", "the job runs in its own run directory"),
-    ("wrap", "the job runs the generated script"),
-    ("account", "use the account input"),
-    ("partition", "use the partition input"),
-    ("reservation", "use the reservation input"),
-    ("dependency", "firecrest-ci sets dependencies itself"),
-    ("array", "firecrest-ci follows a single job"),
-    ("wait", "submission must return at once"),
-    ("hold", "a held job would never start"),
-    ("test-only", "no job would be submitted"),
-    ("parsable", "it changes sbatch's reply"),
-];
-
-/// Short forms of the reserved options.
-const RESERVED_SHORT: &[(char, &str)] = &[
-    ('J', "job-name"),
-    ('o', "output"),
-    ('e', "error"),
-    ('D', "chdir"),
-    ('A', "account"),
-    ('p', "partition"),
-    ('d', "dependency"),
-    ('a', "array"),
-    ('W', "wait"),
-    ('H', "hold"),
-];
-
+/// Why `word` may not be passed to sbatch: the one table of reserved
+/// options (`crate::sbatch`), which input parsing reads too.
 fn reserved_option(word: &str) -> Option<&'static str> {
-    if let Some(long) = word.strip_prefix("--") {
-        let name = long.split('=').next().unwrap_or("");
-        // getopt accepts any unambiguous prefix (`--out=x` is `--output`).
-        if name.len() < 2 {
-            return None;
-        }
-        return RESERVED_LONG
-            .iter()
-            .find(|(full, _)| full.starts_with(name))
-            .map(|(_, why)| *why);
-    }
-    let short = word.strip_prefix('-')?.chars().next()?;
-    let (_, long) = RESERVED_SHORT.iter().find(|(c, _)| *c == short)?;
-    RESERVED_LONG
-        .iter()
-        .find(|(full, _)| full == long)
-        .map(|(_, why)| *why)
+    let reserved = match word.strip_prefix("--") {
+        Some(long) => crate::sbatch::reserved_long(long.split('=').next().unwrap_or("")),
+        None => crate::sbatch::reserved_short(word.strip_prefix('-')?.chars().next()?),
+    };
+    reserved.map(|r| r.reason)
 }
 
 fn sbatch_lines(spec: &ScriptSpec, s: &mut String) -> Result<()> {
@@ -715,8 +673,8 @@ mod tests {
     #[test]
     fn sbatch_option_words() {
         assert_eq!(
-            validate_sbatch_option("--comment='a b' -N2").unwrap(),
-            ["--comment=a b", "-N2"]
+            validate_sbatch_option("--comment='a b' -c2").unwrap(),
+            ["--comment=a b", "-c2"]
         );
         assert!(validate_sbatch_option("--wait-all-nodes=1").is_ok());
         assert!(validate_sbatch_option("--hint=nomultithread").is_ok());
@@ -1380,5 +1338,23 @@ mod tests {
         let read = |name: &str| std::fs::read_to_string(run.dir.join(name)).unwrap();
         assert_eq!(read(crate::handback::OUTPUT_FILE), "gflops=812\n");
         assert_eq!(read(crate::handback::SUMMARY_FILE), "### Figures\n");
+    }
+
+    /// The renderer refuses every option the inputs refuse: one table. (The
+    /// renderer's own shorter list once let `--export`, `--time`, `--nodes`
+    /// and others through.)
+    #[test]
+    fn every_reserved_option_is_refused_long_short_and_abbreviated() {
+        for reserved in crate::sbatch::RESERVED_OPTIONS {
+            let long = format!("--{}=x", reserved.long);
+            assert!(validate_sbatch_option(&long).is_err(), "{long}");
+            let prefix = format!("--{}=x", &reserved.long[..reserved.long.len().min(4)]);
+            assert!(validate_sbatch_option(&prefix).is_err(), "{prefix}");
+            if let Some(letter) = reserved.short {
+                let short = format!("-{letter}1");
+                assert!(validate_sbatch_option(&short).is_err(), "{short}");
+            }
+        }
+        assert!(validate_sbatch_option("--mem=8G").is_ok());
     }
 }
