@@ -582,7 +582,7 @@ impl StateTracker {
             } else {
                 Duration::from_secs(1)
             };
-            (first * (1u32 << (*checks - 1).min(4))).min(settings.state_interval)
+            (first * (1u32 << (*checks - 1).min(10))).min(settings.state_interval)
         } else {
             settings.state_interval
         }
@@ -777,5 +777,27 @@ mod tests {
         ]));
         assert!(!ended_after(&[b"hello\n"]));
         assert!(!ended_after(&[]));
+    }
+
+    /// After the script's last line the state is read soon, then less and
+    /// less often, up to the state interval: a state that lingers (unknown
+    /// to this tool, a slow epilog) must not cost a read every 1.6 s.
+    #[test]
+    fn state_reads_after_the_end_back_off_to_the_state_interval() {
+        let settings = WatchSettings::default();
+        for script_ended in [false, true] {
+            let mut tracker = StateTracker {
+                seen: true,
+                since_end: Some(0),
+                script_ended,
+                ..StateTracker::default()
+            };
+            let intervals: Vec<Duration> =
+                (0..12).map(|_| tracker.next_interval(&settings)).collect();
+            let first = if script_ended { 100 } else { 1000 };
+            assert_eq!(intervals[0], Duration::from_millis(first));
+            assert!(intervals.windows(2).all(|w| w[0] <= w[1]), "{intervals:?}");
+            assert_eq!(intervals[11], settings.state_interval, "{intervals:?}");
+        }
     }
 }
