@@ -916,11 +916,15 @@ async fn transfer_upload_and_download_through_the_s3_routes() {
 
 #[tokio::test]
 async fn outage_refuses_connections_then_serves_on_the_same_port() {
+    // Windows of seconds, and polling for their end: on a loaded machine a
+    // check may run a second late, and must still land inside the window.
     let fake = FakeFirecrest::start();
     let api = Api::new(&fake).await;
     assert_eq!(api.get("/status/{sys}/userinfo", &[]).await.0, 200);
-    fake.outage(Outage::Api, Window::now_for(secs(1.5)));
-    tokio::time::sleep(secs(0.2)).await;
+    let outage = secs(8.0);
+    let began = Instant::now();
+    fake.outage(Outage::Api, Window::now_for(outage));
+    wait_refused(&fake.url()).await;
     let err = api
         .http
         .get(api.url("/status/{sys}/userinfo"))
@@ -945,25 +949,56 @@ async fn outage_refuses_connections_then_serves_on_the_same_port() {
     // The token endpoint is on its own port and stays up.
     let (s, _) = fetch_token(&api.http, &fake, &fake.client_secret()).await;
     assert_eq!(s, 200);
-    tokio::time::sleep(secs(1.5)).await;
-    assert_eq!(api.get("/status/{sys}/userinfo", &[]).await.0, 200);
-
-    fake.token_down(TokenDown::Refused, Window::now_for(secs(0.5)));
-    tokio::time::sleep(secs(0.1)).await;
-    assert!(api
+    assert!(
+        began.elapsed() < outage,
+        "the checks above ran after the outage"
+    );
+    // Served again on the same port once the window is over.
+    tokio::time::sleep(outage.saturating_sub(began.elapsed())).await;
+    let until = Instant::now() + secs(30.0);
+    while api
         .http
+        .get(api.url("/status/{sys}/userinfo"))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .map_or(true, |r| r.status() != 200)
+    {
+        assert!(Instant::now() < until, "the API never came back");
+        tokio::time::sleep(secs(0.1)).await;
+    }
+
+    fake.token_down(TokenDown::Refused, Window::now_for(secs(8.0)));
+    wait_refused(&fake.token_url()).await;
+    // A fresh client: a pooled connection from before the fault may live on.
+    assert!(reqwest::Client::new()
         .post(fake.token_url())
         .send()
         .await
         .unwrap_err()
         .is_connect());
-    fake.token_down(TokenDown::Status503, Window::now_for(secs(5.0)));
-    tokio::time::sleep(secs(0.5)).await;
+    fake.token_down(TokenDown::Status503, Window::now_for(secs(8.0)));
     let (s, _) = fetch_token(&api.http, &fake, &fake.client_secret()).await;
     assert_eq!(s, 503);
-    fake.outage(Outage::All, Window::now_for(secs(0.5)));
-    tokio::time::sleep(secs(0.1)).await;
-    assert!(api.http.post(fake.token_url()).send().await.is_err());
+    fake.outage(Outage::All, Window::now_for(secs(8.0)));
+    wait_refused(&fake.token_url()).await;
+    assert!(reqwest::Client::new()
+        .post(fake.token_url())
+        .send()
+        .await
+        .is_err());
+}
+
+/// Waits (a few seconds at most) until `url`'s port refuses connections:
+/// the double closes a listener within a moment of a fault's start.
+async fn wait_refused(url: &str) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let addr = rest.split('/').next().unwrap_or(rest).to_string();
+    let until = Instant::now() + secs(5.0);
+    while std::net::TcpStream::connect(&addr).is_ok() {
+        assert!(Instant::now() < until, "{addr} kept accepting connections");
+        tokio::time::sleep(secs(0.02)).await;
+    }
 }
 
 #[tokio::test]
