@@ -21,17 +21,19 @@ use crate::outcome::codes;
 
 /// Retries before a host has answered once: about 12 s in all, enough for a
 /// server or a proxy that restarts, short enough that a wrong address is
-/// named within seconds (the expected sum of the delays is ~9 s; the budget
-/// stops a new attempt after 12 s).
+/// named within seconds. The time budget is what ends it (the client's
+/// usual 12 retries of at most 2 s each add up to ~11 s on average), and a
+/// restarted server is seen within 2 s of coming back.
 pub const FIRST_CONTACT: RetryPolicy = RetryPolicy {
     base_delay: Duration::from_millis(500),
-    max_delay: Duration::from_secs(3),
-    max_retries: 8,
+    max_delay: Duration::from_secs(2),
+    max_retries: 20,
     budget: Duration::from_secs(12),
 };
 
 /// Bound on one attempt before the host has answered: a host that swallows
-/// packets costs at most this per attempt, not the full request timeout.
+/// packets costs at most this per attempt, not the full request timeout
+/// (so even an attempt started at the end of the budget ends by ~18 s).
 pub const FIRST_CONTACT_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The two hosts a run talks to (S3's presigned URLs come from FirecREST and
