@@ -377,6 +377,11 @@ pub struct CodedError {
 /// stayed unavailable through the retries 69, anything else 70.
 pub fn exit_code_for_error(err: &anyhow::Error) -> i32 {
     use crate::firecrest::{ApiError, AuthError};
+    // A host never reached, or not the service its variable names: found
+    // as the context it is attached as, wherever in the chain.
+    if let Some(contact) = err.downcast_ref::<crate::firecrest::contact::ContactError>() {
+        return contact.exit_code();
+    }
     for cause in err.chain() {
         if let Some(coded) = cause.downcast_ref::<CodedError>() {
             return coded.code;

@@ -65,7 +65,33 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         .tempdir()
         .context("failed to create a temporary directory for the workspace archive")?;
     let archive = scratch.path().join(ARCHIVE_NAME);
-    let pack = pack_workspace(&config, &ci, &archive).await?;
+    // The first requests (token, systems, the user's name) go out while the
+    // workspace is packed: a wrong URL or secret shows before packing a
+    // large workspace is done, and a small one starts sooner.
+    let contact = async {
+        match &config.remote_dir {
+            Some(dir) => backend.first_contact().await.map(|()| dir.clone()),
+            None => backend
+                .default_base_dir()
+                .await
+                .context("failed to find a base directory on the cluster"),
+        }
+    };
+    let packing = pack_workspace(&config, &ci, &archive);
+    tokio::pin!(contact, packing);
+    let (pack, base) = tokio::select! {
+        packed = &mut packing => (packed?, contact.await?),
+        reached = &mut contact => match reached {
+            Ok(base) => (packing.await?, base),
+            Err(err) => {
+                // Packing is abandoned: the archive goes with `scratch`,
+                // and the packing thread is not waited for (main's runtime
+                // shutdown gives it a second, then the process exits).
+                ci.group_end("pack");
+                return Err(err);
+            }
+        },
+    };
     if stopped(&stop).is_some() {
         return Ok(signal_code(&stop));
     }
@@ -81,13 +107,6 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         )
     })?;
 
-    let base = match &config.remote_dir {
-        Some(dir) => dir.clone(),
-        None => backend
-            .default_base_dir()
-            .await
-            .context("failed to find a base directory on the cluster")?,
-    };
     let artifacts_part_size = if config.artifacts.is_empty() {
         None
     } else {

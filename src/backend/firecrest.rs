@@ -867,18 +867,19 @@ impl Backend for FirecrestBackend {
     }
 
     async fn default_base_dir(&self) -> Result<String> {
-        let facts = self.facts().await?;
+        // Independent requests, sent together (they share the first token).
+        let (facts, user) = tokio::try_join!(self.facts(), async {
+            self.client
+                .userinfo()
+                .await
+                .context("failed to read the user's name")
+        })?;
         let root = facts.default_work_dir.clone().with_context(|| {
             format!(
                 "system {} has no default work directory; set remote-dir (FIRECREST_REMOTE_DIR)",
                 self.client.system()
             )
         })?;
-        let user = self
-            .client
-            .userinfo()
-            .await
-            .context("failed to read the user's name")?;
         if user.user.name.is_empty() {
             bail!("the server did not say the user's name; set remote-dir (FIRECREST_REMOTE_DIR)");
         }
@@ -887,6 +888,12 @@ impl Backend for FirecrestBackend {
             root.trim_end_matches('/'),
             user.user.name
         ))
+    }
+
+    async fn first_contact(&self) -> Result<()> {
+        // A token, then the systems: both hosts answered, and the system
+        // named by FIRECREST_SYSTEM exists.
+        self.facts().await.map(drop)
     }
 
     async fn create_private_dir(&self, path: &str) -> Result<()> {

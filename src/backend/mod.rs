@@ -152,6 +152,13 @@ pub trait Backend: Send + Sync {
     /// The base directory for run directories when the user gave none.
     async fn default_base_dir(&self) -> Result<String>;
 
+    /// Reaches the cluster once, so that a wrong address or credentials
+    /// show while the workspace is still being packed; a backend with no
+    /// server to reach has nothing to do.
+    async fn first_contact(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Creates `path` (and parents) readable by the owner only (mode 0700).
     async fn create_private_dir(&self, path: &str) -> Result<()>;
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::sync::Mutex;
 
+use super::contact::{self, Contact, ContactError, Host};
 use super::models::{TokenErrorBody, TokenResponse};
 use super::retry::{self, Backoff, RetryPolicy};
 use super::{ApiError, AuthSource};
@@ -83,6 +84,8 @@ pub(crate) struct TokenSource {
     http: reqwest::Client,
     timeout: Duration,
     retry: RetryPolicy,
+    /// Whether the token endpoint answered yet (shared with the client).
+    contact: Arc<Contact>,
     state: Mutex<State>,
     observer: RwLock<Option<TokenObserver>>,
 }
@@ -93,12 +96,14 @@ impl TokenSource {
         http: reqwest::Client,
         timeout: Duration,
         retry: RetryPolicy,
+        contact: Arc<Contact>,
     ) -> Self {
         Self {
             source,
             http,
             timeout,
             retry,
+            contact,
             state: Mutex::new(State::default()),
             observer: RwLock::new(None),
         }
@@ -198,12 +203,19 @@ impl TokenSource {
         client_id: &str,
         client_secret: &Secret,
     ) -> Result<TokenResponse> {
-        let mut backoff = Backoff::new(self.retry);
+        let mut backoff = Backoff::new(self.contact.policy(Host::Token, self.retry));
         loop {
             let err = match self.grant(state, token_url, client_id, client_secret).await {
                 Ok(reply) => return Ok(reply),
                 Err(err) => err,
             };
+            let first_contact = !self.contact.answered(Host::Token);
+            if first_contact && contact::is_unknown_host(&err) {
+                return Err(err.context(ContactError::UnknownHost {
+                    host_kind: Host::Token,
+                    host: contact::host_of(token_url),
+                }));
+            }
             if !retry::is_transient(&err) {
                 return Err(err);
             }
@@ -212,11 +224,22 @@ impl TokenSource {
                 .find_map(|c| c.downcast_ref::<ApiError>())
                 .and_then(|api| api.retry_after);
             let Some(delay) = backoff.next_delay(retry_after) else {
-                return Err(err.context(format!(
+                let err = err.context(format!(
                     "giving up after {} attempts in {:.1?}",
                     backoff.attempts(),
                     backoff.elapsed()
-                )));
+                ));
+                if first_contact {
+                    let certificate = contact::is_certificate_error(&err);
+                    return Err(err.context(ContactError::Unreachable {
+                        host_kind: Host::Token,
+                        host: contact::host_of(token_url),
+                        url: super::url_without_query(token_url),
+                        waited_s: backoff.elapsed().as_secs_f64().round() as u64,
+                        certificate,
+                    }));
+                }
+                return Err(err);
             };
             tracing::debug!(
                 url = %token_url,
@@ -277,7 +300,7 @@ impl TokenSource {
         let request = self
             .http
             .post(token_url)
-            .timeout(self.timeout)
+            .timeout(self.contact.timeout(Host::Token, self.timeout))
             .header(reqwest::header::ACCEPT, "application/json");
         let request = match style {
             ClientAuthStyle::Form => request.form(&[
@@ -297,11 +320,19 @@ impl TokenSource {
             .with_context(|| format!("POST {shown_url}: request failed"))?;
         let status = response.status().as_u16();
         let retry_after = super::retry_after_header(response.headers());
+        let html_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| contact::looks_like_html(Some(t), b""));
         let body = response
             .bytes()
             .await
             .map_err(|e| anyhow::Error::new(e.without_url()))
             .with_context(|| format!("POST {shown_url}: reading the reply failed"))?;
+        if !self.contact.answered(Host::Token) {
+            self.first_reply(&shown_url, status, html_type, &body)?;
+        }
         if (200..300).contains(&status) {
             let reply: TokenResponse = serde_json::from_slice(&body).with_context(|| {
                 format!("POST {shown_url}: the reply is not an OAuth2 token response")
@@ -336,6 +367,34 @@ impl TokenSource {
             retry_after,
         }
         .into())
+    }
+}
+
+impl TokenSource {
+    /// Judges the first reply from the token endpoint's host: a token
+    /// reply, or the provider refusing the credentials (400, 401), is the
+    /// endpoint answering; a 404, a web page, or a success without a token
+    /// means the URL points elsewhere (78); a transient status says nothing yet.
+    fn first_reply(&self, url: &str, status: u16, html_type: bool, body: &[u8]) -> Result<()> {
+        let html = html_type || contact::looks_like_html(None, body);
+        let transient = retry::is_transient_status(status);
+        let foreign = match status {
+            200..=299 => serde_json::from_slice::<TokenResponse>(body).is_err(),
+            400 | 401 => false,
+            404 => true,
+            _ => html && !transient,
+        };
+        if foreign {
+            return Err(ContactError::NotTokenEndpoint {
+                url: url.to_owned(),
+                what: contact::describe_reply(status, body),
+            }
+            .into());
+        }
+        if !transient {
+            self.contact.mark_answered(Host::Token);
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@
 //! job, 404 right after a submit, snake_case keys inside `dataOperation`.
 
 pub mod auth;
+pub mod contact;
 pub mod models;
 pub mod retry;
 
@@ -27,6 +28,7 @@ use url::Url;
 
 use auth::TokenSource;
 pub use auth::{AuthError, TokenObserver};
+use contact::{Contact, ContactError, Host};
 use models::*;
 pub use retry::RetryPolicy;
 
@@ -228,6 +230,8 @@ struct Inner {
     tokens: TokenSource,
     request_timeout: Duration,
     retry: RetryPolicy,
+    /// Which hosts answered already; shared with `tokens`.
+    contact: Arc<Contact>,
 }
 
 impl std::fmt::Debug for Client {
@@ -266,11 +270,13 @@ impl Client {
             Url::parse(token_url).with_context(|| format!("invalid token URL {token_url:?}"))?;
         }
         let http = http_client(settings.request_timeout)?;
+        let contact = Arc::new(Contact::default());
         let tokens = TokenSource::new(
             settings.auth,
             http.clone(),
             settings.request_timeout,
             settings.retry,
+            contact.clone(),
         );
         Ok(Self {
             inner: Arc::new(Inner {
@@ -280,6 +286,7 @@ impl Client {
                 tokens,
                 request_timeout: settings.request_timeout,
                 retry: settings.retry,
+                contact,
             }),
         })
     }
@@ -841,7 +848,9 @@ impl Client {
         if !call.query.is_empty() {
             url.query_pairs_mut().extend_pairs(&call.query);
         }
-        let mut backoff = retry::Backoff::new(call.policy.unwrap_or(self.inner.retry));
+        let contact = &self.inner.contact;
+        let policy = contact.policy(Host::Api, call.policy.unwrap_or(self.inner.retry));
+        let mut backoff = retry::Backoff::new(policy);
         let mut refreshed = false;
         let mut token = self.inner.tokens.token().await?;
         loop {
@@ -867,6 +876,13 @@ impl Client {
                 }
                 return Err(err.context("FirecREST rejected a freshly obtained access token"));
             }
+            let first_contact = !contact.answered(Host::Api);
+            if first_contact && contact::is_unknown_host(&err) {
+                return Err(err.context(ContactError::UnknownHost {
+                    host_kind: Host::Api,
+                    host: contact::host_of(self.base_url()),
+                }));
+            }
             if api.is_some_and(call.is_final) || !retry::is_transient(&err) {
                 return Err(err);
             }
@@ -875,12 +891,24 @@ impl Client {
             }
             let retry_after = api.and_then(|e| e.retry_after);
             let Some(delay) = backoff.next_delay(retry_after) else {
-                return Err(err.context(format!(
+                let err = err.context(format!(
                     "giving up on {} {path} after {} attempts in {:.1?}",
                     call.method,
                     backoff.attempts(),
                     backoff.elapsed()
-                )));
+                ));
+                // Another request may have reached the host meanwhile.
+                if !contact.answered(Host::Api) {
+                    let certificate = contact::is_certificate_error(&err);
+                    return Err(err.context(ContactError::Unreachable {
+                        host_kind: Host::Api,
+                        host: contact::host_of(self.base_url()),
+                        url: self.base_url().trim_end_matches('/').to_owned(),
+                        waited_s: backoff.elapsed().as_secs_f64().round() as u64,
+                        certificate,
+                    }));
+                }
+                return Err(err);
             };
             log_retry(&call.method, &path, &err, backoff.attempts(), delay);
             tokio::time::sleep(delay).await;
@@ -902,7 +930,11 @@ impl Client {
             .request(call.method.clone(), url.clone())
             .bearer_auth(token.expose())
             .header(ACCEPT, "application/json")
-            .timeout(self.inner.request_timeout);
+            .timeout(
+                self.inner
+                    .contact
+                    .timeout(Host::Api, self.inner.request_timeout),
+            );
         req = match &call.payload {
             Payload::Empty => req,
             Payload::Json(body) => req.json(body),
@@ -924,10 +956,40 @@ impl Client {
             .map_err(|e| anyhow::Error::new(e.without_url()))
             .with_context(|| format!("{}: reading the reply failed", label()))?
             .to_vec();
+        if !self.inner.contact.answered(Host::Api) {
+            self.first_reply(status.as_u16(), &headers, &body)?;
+        }
         if status.is_success() {
             return Ok(Reply { body });
         }
         Err(api_error(&call.method, path, status.as_u16(), &headers, &body).into())
+    }
+}
+
+impl Client {
+    /// Judges the first reply from FirecREST's host: a web page, or a 404
+    /// without FirecREST's error body on a path every FirecREST v2 has, means
+    /// the URL points elsewhere (78); a transient status says nothing yet;
+    /// anything else is FirecREST answering.
+    fn first_reply(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> Result<()> {
+        let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let html = contact::looks_like_html(content_type, body);
+        let transient = retry::is_transient_status(status);
+        let foreign =
+            (html && !transient) || (status == 404 && !contact::is_firecrest_error_body(body));
+        if foreign {
+            let url = self.base_url().trim_end_matches('/').to_owned();
+            return Err(ContactError::NotFirecrest {
+                hint: contact::url_hint(&url),
+                what: contact::describe_reply(status, body),
+                url,
+            }
+            .into());
+        }
+        if !transient {
+            self.inner.contact.mark_answered(Host::Api);
+        }
+        Ok(())
     }
 }
 

@@ -206,6 +206,13 @@ fn check_gives_69_for_a_server_that_is_down() {
     let out = check(&fake, |_| {});
     assert_eq!(out.code, codes::UNAVAILABLE, "{}", out.both());
     assert!(out.stdout.contains("FAIL"), "{}", out.both());
+    // Never answered yet: a short round of retries, not the long budget.
+    assert!(out.stdout.contains("FIRECREST_URL"), "{}", out.both());
+    assert!(
+        out.elapsed < Duration::from_secs(20),
+        "took {:?}",
+        out.elapsed
+    );
 }
 
 #[test]

@@ -1,12 +1,14 @@
 //! Integration tests: the real firecrest-ci code against a stateful FirecREST
 //! double (`fake`), which has self-tests of its own in `fake_selftest`;
 //! whole runs through the `local` backend (`local`) and a real Slurm (`slurm`);
-//! artifacts with unsafe entries, both ways (`artifacts`); input mistakes
-//! only the cluster sees, `check`, `cancel` and leftovers (`errors`); bounded
-//! reads of large outputs (`large_output`, `fake_replay`); cancel and time
-//! limit as Slurm signals them (`signals`); what the CI log says, in order
-//! (`messages`); what the job hands back to CI (`handback`); the container images, run as GitHub, GitLab and a plain
-//! `docker run` run them (`images`).
+//! artifacts with unsafe entries, both ways (`artifacts`); a wrong or
+//! unreachable FirecREST or token URL, named within seconds
+//! (`first_contact`); input mistakes only the cluster sees, `check`,
+//! `cancel` and leftovers (`errors`); bounded reads of large outputs
+//! (`large_output`, `fake_replay`); cancel and time limit as Slurm signals
+//! them (`signals`); what the CI log says, in order (`messages`); what the
+//! job hands back to CI (`handback`); the container images, run as GitHub,
+//! GitLab and a plain `docker run` run them (`images`).
 
 mod artifacts;
 mod bench;
@@ -15,6 +17,7 @@ mod fake;
 mod fake_replay;
 mod fake_selftest;
 mod faults;
+mod first_contact;
 mod handback;
 mod harness;
 mod images;
