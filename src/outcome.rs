@@ -441,6 +441,7 @@ mod tests {
             message: message.into(),
             error_type: Some("error".into()),
             retry_after: None,
+            request_id: None,
         })
         .context("failed to read the user's name")
     }

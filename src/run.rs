@@ -491,6 +491,7 @@ async fn finish(
             return Err(err);
         }
     };
+    let correlation = remote.backend.correlation_id();
     let wants_artifacts =
         |success: bool| !config.artifacts.is_empty() && config.artifacts_when.matches(success);
     match ended {
@@ -523,6 +524,7 @@ async fn finish(
                 job,
                 code,
                 "CI cancelled the run; the job was cancelled",
+                correlation.as_deref(),
             );
             Ok(code)
         }
@@ -537,7 +539,14 @@ async fn finish(
                 "the run's timeout of {} expired; the job was cancelled",
                 humantime::format_duration(config.timeout.unwrap_or_default())
             );
-            report_stopped(config, ci, job, codes::RUN_TIMEOUT, &message);
+            report_stopped(
+                config,
+                ci,
+                job,
+                codes::RUN_TIMEOUT,
+                &message,
+                correlation.as_deref(),
+            );
             Ok(codes::RUN_TIMEOUT)
         }
         Ended::Finished {
@@ -580,6 +589,7 @@ async fn finish(
                 job,
                 &outcome,
                 &Timing::of(&status, submitted_at),
+                correlation.as_deref(),
             );
             // Below the tool's own report, as the job's additions.
             pass_on_handback(ci, handed_back);
@@ -781,12 +791,20 @@ impl Timing {
     }
 }
 
-fn report_outcome(config: &Config, ci: &Ci, job: &JobId, outcome: &Outcome, timing: &Timing) {
+fn report_outcome(
+    config: &Config,
+    ci: &Ci,
+    job: &JobId,
+    outcome: &Outcome,
+    timing: &Timing,
+    correlation: Option<&str>,
+) {
     let (elapsed, queued) = (Timing::show(timing.elapsed), Timing::show(timing.queued));
     ci.print_line(&format!(
         "firecrest-ci: job {job} {}: exit code {} ({}); ran {elapsed} on {} after {queued} in the queue",
         outcome.state, outcome.exit_code, outcome.reason, timing.nodes
     ));
+    print_correlation(ci, correlation);
     set_final_outputs(ci, &outcome.state, outcome.exit_code);
     let row = [
         outcome.state.as_str(),
@@ -796,7 +814,7 @@ fn report_outcome(config: &Config, ci: &Ci, job: &JobId, outcome: &Outcome, timi
         &queued,
         &timing.nodes,
     ];
-    write_summary(config, ci, job, row);
+    write_summary(config, ci, job, row, correlation);
     if !outcome.success {
         ci.error(&format!("job {job} {}", outcome.state), &outcome.reason);
     }
@@ -816,10 +834,18 @@ fn report_missing(ci: &Ci, remote: &Remote<'_>, missing: &[(String, Missing)]) {
     }
 }
 
-fn report_stopped(config: &Config, ci: &Ci, job: &JobId, code: i32, message: &str) {
+fn report_stopped(
+    config: &Config,
+    ci: &Ci,
+    job: &JobId,
+    code: i32,
+    message: &str,
+    correlation: Option<&str>,
+) {
     ci.print_line(&format!(
         "firecrest-ci: job {job}: {message} (exit code {code})"
     ));
+    print_correlation(ci, correlation);
     set_final_outputs(ci, "CANCELLED", code);
     // The summary says what the final line and the outputs say.
     write_summary(
@@ -827,13 +853,14 @@ fn report_stopped(config: &Config, ci: &Ci, job: &JobId, code: i32, message: &st
         ci,
         job,
         ["CANCELLED", &code.to_string(), message, "-", "-", "-"],
+        correlation,
     );
     ci.error(&format!("job {job} cancelled"), message);
 }
 
 /// The step summary's table: one row of state, exit code, reason, elapsed,
 /// queue time and nodes, then the job name.
-fn write_summary(config: &Config, ci: &Ci, job: &JobId, row: [&str; 6]) {
+fn write_summary(config: &Config, ci: &Ci, job: &JobId, row: [&str; 6], correlation: Option<&str>) {
     let cell = |text: &str| text.replace('|', "\\|");
     let cells: Vec<String> = row
         .iter()
@@ -844,11 +871,24 @@ fn write_summary(config: &Config, ci: &Ci, job: &JobId, row: [&str; 6]) {
         "### firecrest-ci: job {job}\n\n\
          | state | exit code | reason | elapsed | queue time | nodes | job name |\n\
          |---|---|---|---|---|---|---|\n\
-         | {} |\n",
-        cells.join(" | ")
+         | {} |\n{}",
+        cells.join(" | "),
+        correlation.map_or_else(String::new, |id| format!(
+            "\nFirecREST correlation id `{id}` (every request of this run carries it).\n"
+        ))
     );
     if let Err(err) = ci.append_summary(&summary) {
         tracing::warn!("could not write the step summary: {err:#}");
+    }
+}
+
+/// The run's correlation id, right below the final report: what a centre's
+/// support asks for.
+fn print_correlation(ci: &Ci, correlation: Option<&str>) {
+    if let Some(id) = correlation {
+        ci.print_line(&format!(
+            "firecrest-ci: FirecREST correlation id {id} (X-Correlation-ID of every request of this run)"
+        ));
     }
 }
 

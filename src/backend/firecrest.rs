@@ -858,6 +858,10 @@ fn with_dependency(script: &str, dependency: Option<&JobId>) -> String {
 
 #[async_trait]
 impl Backend for FirecrestBackend {
+    fn correlation_id(&self) -> Option<String> {
+        Some(self.client.correlation_id().to_string())
+    }
+
     fn describe(&self) -> String {
         format!(
             "FirecREST system {} at {}",

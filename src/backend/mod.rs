@@ -149,6 +149,13 @@ pub trait Backend: Send + Sync {
     /// Short description for logs and the plan, e.g. `FirecREST daint at https://...`.
     fn describe(&self) -> String;
 
+    /// The id every request of this run carries (FirecREST's
+    /// `X-Correlation-ID`), for the centre's support; `None` for backends
+    /// without requests.
+    fn correlation_id(&self) -> Option<String> {
+        None
+    }
+
     /// The base directory for run directories when the user gave none.
     async fn default_base_dir(&self) -> Result<String>;
 

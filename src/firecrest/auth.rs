@@ -297,11 +297,13 @@ impl TokenSource {
         client_id: &str,
         client_secret: &Secret,
     ) -> Result<Grant> {
+        let request_id = super::new_request_id();
         let request = self
             .http
             .post(token_url)
             .timeout(self.contact.timeout(Host::Token, self.timeout))
-            .header(reqwest::header::ACCEPT, "application/json");
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header("X-Request-ID", &request_id);
         let request = match style {
             ClientAuthStyle::Form => request.form(&[
                 ("grant_type", "client_credentials"),
@@ -317,8 +319,11 @@ impl TokenSource {
             .send()
             .await
             .map_err(|e| anyhow::Error::new(e.without_url()))
-            .with_context(|| format!("POST {shown_url}: request failed"))?;
+            .with_context(|| {
+                format!("POST {shown_url} (request id {request_id}): request failed")
+            })?;
         let status = response.status().as_u16();
+        tracing::debug!(path = %shown_url, status, request_id, "token request");
         let retry_after = super::retry_after_header(response.headers());
         let html_type = response
             .headers()
@@ -365,6 +370,7 @@ impl TokenSource {
             message,
             error_type: None,
             retry_after,
+            request_id: None,
         }
         .into())
     }

@@ -67,7 +67,7 @@ pub enum AuthSource {
 /// A failed request, as the server explained it. Callers downcast to branch
 /// on the kind (not found, auth, too large, ...).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{method} {path} failed with HTTP {status}: {message}")]
+#[error("{method} {path} failed with HTTP {status}: {message}{}", request_note(request_id.as_deref()))]
 pub struct ApiError {
     pub status: u16,
     pub method: String,
@@ -79,6 +79,29 @@ pub struct ApiError {
     pub error_type: Option<String>,
     /// The server's `Retry-After`, on 429 and 503.
     pub retry_after: Option<Duration>,
+    /// The `X-Request-ID` the request carried, for the centre's support.
+    pub request_id: Option<String>,
+}
+
+fn request_note(id: Option<&str>) -> String {
+    id.map_or_else(String::new, |id| format!(" (request id {id})"))
+}
+
+/// A random id in UUID v4 form, for `X-Request-ID` and `X-Correlation-ID`.
+pub(crate) fn new_request_id() -> String {
+    use rand::Rng;
+    let mut bytes: [u8; 16] = rand::thread_rng().gen();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 impl ApiError {
@@ -232,6 +255,9 @@ struct Inner {
     retry: RetryPolicy,
     /// Which hosts answered already; shared with `tokens`.
     contact: Arc<Contact>,
+    /// Sent as `X-Correlation-ID` with every request of this run, so a
+    /// centre can find all of them in its logs.
+    correlation_id: String,
 }
 
 impl std::fmt::Debug for Client {
@@ -287,8 +313,14 @@ impl Client {
                 request_timeout: settings.request_timeout,
                 retry: settings.retry,
                 contact,
+                correlation_id: new_request_id(),
             }),
         })
+    }
+
+    /// The `X-Correlation-ID` every request of this run carries.
+    pub fn correlation_id(&self) -> &str {
+        &self.inner.correlation_id
     }
 
     /// Every token obtained from now on is passed to `observer` (to mask it).
@@ -924,12 +956,15 @@ impl Client {
         path: &str,
         token: &Secret,
     ) -> Result<Reply> {
+        let request_id = new_request_id();
         let mut req = self
             .inner
             .http
             .request(call.method.clone(), url.clone())
             .bearer_auth(token.expose())
             .header(ACCEPT, "application/json")
+            .header("X-Request-ID", &request_id)
+            .header("X-Correlation-ID", &self.inner.correlation_id)
             .timeout(
                 self.inner
                     .contact
@@ -942,12 +977,17 @@ impl Client {
                 req.multipart(multipart_form(file_name, source).await?)
             }
         };
-        let label = || format!("{} {path}", call.method);
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow::Error::new(e.without_url()))
-            .with_context(|| format!("{}: request failed", label()))?;
+        let label = || format!("{} {path} (request id {request_id})", call.method);
+        let started = std::time::Instant::now();
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(err) => {
+                tracing::debug!(method = %call.method, path, request_id, ms = started.elapsed().as_millis() as u64,
+                    "request failed before a reply");
+                return Err(anyhow::Error::new(err.without_url()))
+                    .with_context(|| format!("{}: request failed", label()));
+            }
+        };
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
@@ -956,13 +996,17 @@ impl Client {
             .map_err(|e| anyhow::Error::new(e.without_url()))
             .with_context(|| format!("{}: reading the reply failed", label()))?
             .to_vec();
+        tracing::debug!(method = %call.method, path, status = status.as_u16(), request_id,
+            ms = started.elapsed().as_millis() as u64, "request");
         if !self.inner.contact.answered(Host::Api) {
             self.first_reply(status.as_u16(), &headers, &body)?;
         }
         if status.is_success() {
             return Ok(Reply { body });
         }
-        Err(api_error(&call.method, path, status.as_u16(), &headers, &body).into())
+        let mut err = api_error(&call.method, path, status.as_u16(), &headers, &body);
+        err.request_id = Some(request_id);
+        Err(err.into())
     }
 }
 
@@ -1070,6 +1114,7 @@ fn api_error(
         message: message.trim_end().to_owned(),
         error_type,
         retry_after: retry_after_header(headers),
+        request_id: None,
     }
 }
 
@@ -1095,6 +1140,7 @@ fn s3_error(
         message: tag("Message").unwrap_or_else(|| short_text(body)),
         error_type: tag("Code"),
         retry_after,
+        request_id: None,
     }
 }
 
@@ -1243,9 +1289,20 @@ mod tests {
             message: "Unexpected Slurm command response. exit_status:0 std_err:scancel: Terminating job 33\nscancel: error: Kill job error on job id 33: Job/step already completing or completed\n".into(),
             error_type: Some("error".into()),
             retry_after: None,
+            request_id: None,
         };
         assert!(is_already_completed(&e));
         e.status = 400;
         assert!(!is_already_completed(&e));
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4_shaped_and_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        let parts: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12], "{a}");
+        assert_eq!(&a[14..15], "4", "{a}");
+        assert!("89ab".contains(&a[19..20]), "{a}");
     }
 }

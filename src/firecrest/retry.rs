@@ -290,6 +290,7 @@ mod tests {
             message: "x".into(),
             error_type: None,
             retry_after: None,
+            request_id: None,
         }
         .into()
     }
@@ -314,6 +315,7 @@ mod tests {
             message: message.into(),
             error_type: Some("error".into()),
             retry_after: None,
+            request_id: None,
         }
         .into()
     }

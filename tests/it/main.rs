@@ -25,5 +25,6 @@ mod large_output;
 mod lifecycle;
 mod local;
 mod messages;
+mod request_ids;
 mod signals;
 mod slurm;

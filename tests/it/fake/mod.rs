@@ -304,6 +304,9 @@ pub struct LogEntry {
     pub auth: AuthCheck,
     /// Label of the injected fault that shaped this answer, if any.
     pub injected: Option<String>,
+    /// The request's `X-Request-ID` and `X-Correlation-ID` headers.
+    pub request_id: Option<String>,
+    pub correlation_id: Option<String>,
 }
 
 /// What kind of Slurm job an id belongs to.
@@ -650,11 +653,19 @@ impl http::Handler for Core {
             status: 0,
             auth: AuthCheck::NotRequired,
             injected: Some("reset".into()),
+            request_id: None,
+            correlation_id: None,
         });
     }
 
     fn handle(&self, port: PortKind, req: Request) -> Reply {
         let (route, system, job) = Route::classify(port, &req.method, &req.path);
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
         let mut entry = LogEntry {
             at: self.started.elapsed(),
             port,
@@ -665,6 +676,8 @@ impl http::Handler for Core {
             status: 0,
             auth: AuthCheck::NotRequired,
             injected: None,
+            request_id: header("x-request-id"),
+            correlation_id: header("x-correlation-id"),
         };
         let now = Instant::now();
         let (delay, pre) = {
