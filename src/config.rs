@@ -259,6 +259,13 @@ pub const INPUTS: &[InputSpec] = &[
         "limit for the whole run, queue included, e.g. 2h; the job is cancelled when it expires",
     ),
     input(
+        "retries",
+        "FIRECREST_RETRIES",
+        "",
+        "0",
+        "resubmit the job up to this many times when the cluster lost it (NODE_FAIL, BOOT_FAIL, PREEMPTED, REVOKED); never after its commands failed, a time limit or a cancel",
+    ),
+    input(
         "backend",
         "FIRECREST_BACKEND",
         "firecrest",
@@ -598,6 +605,8 @@ pub struct Config {
     pub transfer_threshold: u64,
     /// gzip level, 1..=9.
     pub compression_level: u32,
+    /// Resubmissions allowed after the cluster lost the job (0 to 10).
+    pub retries: u32,
 }
 
 /// Every `FIRECREST_*` input as text, exactly as `envy` reads it (field =
@@ -635,6 +644,7 @@ struct RawInputs {
     remote_dir: Option<String>,
     cleanup: Option<String>,
     timeout: Option<String>,
+    retries: Option<String>,
     backend: Option<String>,
     dry_run: Option<String>,
     log_level: Option<String>,
@@ -844,6 +854,9 @@ impl Config {
                 parse_compression_level,
             )
             .unwrap_or(DEFAULT_COMPRESSION_LEVEL);
+        let retries = p
+            .parse("FIRECREST_RETRIES", raw.retries.as_deref(), parse_retries)
+            .unwrap_or(0);
 
         p.into_result()?;
         // Without problems the workspace and log file were resolved; the
@@ -876,6 +889,7 @@ impl Config {
             separate_stderr,
             transfer_threshold,
             compression_level,
+            retries,
         })
     }
 }
@@ -1926,6 +1940,15 @@ fn parse_size(value: &str) -> Result<u64, String> {
 
 const DEFAULT_COMPRESSION_LEVEL: u32 = crate::workspace::DEFAULT_LEVEL;
 
+fn parse_retries(value: &str) -> Result<u32, String> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 10)
+        .ok_or_else(|| "must be a number of resubmissions from 0 to 10".to_string())
+}
+
 fn parse_compression_level(value: &str) -> Result<u32, String> {
     parse_positive(value)
         .filter(|level| (1..=9).contains(level))
@@ -2159,6 +2182,7 @@ mod tests {
             ("FIRECREST_REMOTE_DIR", "/scratch/g123/ci/"),
             ("FIRECREST_CLEANUP", "on-success"),
             ("FIRECREST_TIMEOUT", "2h"),
+            ("FIRECREST_RETRIES", "2"),
             ("FIRECREST_BACKEND", "firecrest"),
             ("FIRECREST_DRY_RUN", "true"),
             ("FIRECREST_LOG_LEVEL", "TRACE"),
@@ -2234,6 +2258,7 @@ mod tests {
         );
         assert_eq!(c.transfer_threshold, 100_000_000);
         assert_eq!(c.compression_level, 9);
+        assert_eq!(c.retries, 2);
     }
 
     #[test]

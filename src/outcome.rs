@@ -125,6 +125,16 @@ impl SlurmState {
     /// (a federation moved the job to another cluster) and SPECIAL_EXIT
     /// (held after a special exit code) are final for this tool: it cannot
     /// follow the job any further.
+    /// The cluster lost the job (a node failed or did not boot, the job was
+    /// preempted or its reservation revoked): not its commands' doing, so
+    /// submitting it again may well succeed.
+    pub fn cluster_lost_the_job(&self) -> bool {
+        matches!(
+            self,
+            Self::NodeFail | Self::BootFail | Self::Preempted | Self::Revoked
+        )
+    }
+
     pub fn is_final(&self) -> bool {
         match self {
             Self::BootFail

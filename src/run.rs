@@ -136,51 +136,146 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
     };
     drop(scratch);
 
-    let spec = script_spec(&config, &run_dir, &staged, &pack, artifacts_part_size);
-    let script = match script::render(&spec) {
-        Ok(script) => script,
-        Err(err) => {
-            remote.cleanup().await;
-            return Err(err.context("failed to render the batch script"));
-        }
-    };
-    let job_spec = JobSpec {
-        name: config.job_name.clone(),
-        script,
-        working_dir: run_dir.clone(),
-        account: config.resources.account.clone(),
-        partition: config.resources.partition.clone(),
-        reservation: config.resources.reservation.clone(),
-        dependency: staged.transfer_job.clone(),
-    };
-    let job = match backend.submit(&job_spec).await {
-        Ok(job) => job,
-        Err(err) => {
-            if let Some(transfer) = &staged.transfer_job {
-                let _ = backend.cancel(transfer).await;
-            }
-            let rejected = err
-                .chain()
-                .find_map(|c| c.downcast_ref::<backend::SubmitRejected>())
-                .cloned();
-            let err = match rejected {
-                Some(rejected) => {
-                    placement::explain(backend.as_ref(), &rejected, &config.resources).await
+    // A job the cluster lost (a node failed, the job was preempted) is
+    // submitted again, up to `retries` times, from the archive already on
+    // the cluster: a fresh workspace and output of its own each time.
+    let attempts = 1 + config.retries;
+    let mut lost: Vec<String> = Vec::new();
+    for attempt in 1..=attempts {
+        let this = Attempt {
+            number: attempt,
+            of: attempts,
+        };
+        if attempt > 1 && !config.env_vars.is_empty() {
+            // The first attempt's job deleted its copy as soon as it read it.
+            let contents = script::render_env_file(&config.env_vars).into_bytes();
+            if let Err(err) = remote
+                .backend
+                .put_file(&remote.run_dir, ENV_FILE_NAME, contents)
+                .await
+            {
+                if config.cleanup.should_remove(false) {
+                    remote.cleanup().await;
                 }
-                None => err.context("failed to submit the batch job"),
-            };
-            if config.cleanup.should_remove(false) {
-                remote.cleanup().await;
+                return Err(
+                    err.context("failed to place the forwarded environment variables again")
+                );
             }
-            return Err(err);
         }
-    };
-    let submitted_at = SystemTime::now();
-    tracing::info!("submitted job {job} ({})", config.job_name);
-    write_early_outputs(&config, &ci, &job, &run_dir);
+        let spec = script_spec(&config, &run_dir, &staged, &pack, artifacts_part_size, this);
+        let script = match script::render(&spec) {
+            Ok(script) => script,
+            Err(err) => {
+                remote.cleanup().await;
+                return Err(err.context("failed to render the batch script"));
+            }
+        };
+        let job_spec = JobSpec {
+            name: this.name(&config.job_name),
+            script,
+            working_dir: run_dir.clone(),
+            account: config.resources.account.clone(),
+            partition: config.resources.partition.clone(),
+            reservation: config.resources.reservation.clone(),
+            dependency: staged.transfer_job.clone().filter(|_| attempt == 1),
+        };
+        let job = match backend.submit(&job_spec).await {
+            Ok(job) => job,
+            Err(err) => {
+                if let Some(transfer) = &staged.transfer_job {
+                    let _ = backend.cancel(transfer).await;
+                }
+                let rejected = err
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<backend::SubmitRejected>())
+                    .cloned();
+                let err = match rejected {
+                    Some(rejected) => {
+                        placement::explain(backend.as_ref(), &rejected, &config.resources).await
+                    }
+                    None => err.context("failed to submit the batch job"),
+                };
+                if config.cleanup.should_remove(false) {
+                    remote.cleanup().await;
+                }
+                return Err(err);
+            }
+        };
+        let submitted_at = SystemTime::now();
+        tracing::info!("submitted job {job} ({}){}", job_spec.name, this.label());
+        write_early_outputs(&config, &ci, &job, &run_dir);
 
-    let ended = watch_job(&config, &ci, &remote, &job, &staged, log, &mut stop).await;
-    finish(&config, &ci, &remote, &job, submitted_at, ended).await
+        let log = log
+            .try_clone()
+            .context("failed to reopen the log file for this attempt")?;
+        let submitted = Submitted {
+            job,
+            at: submitted_at,
+            attempt: this,
+            lost: &lost,
+        };
+        let ended = watch_job(&config, &ci, &remote, &submitted, &staged, log, &mut stop).await;
+        let job = &submitted.job;
+        if let Ok(Ended::Finished { status, .. }) = &ended {
+            let state = outcome::SlurmState::parse(&status.state);
+            if attempt < attempts && state.cluster_lost_the_job() {
+                tracing::warn!(
+                    "job {job} ended {}: the cluster lost it, not its commands; \
+                     submitting it again (attempt {} of {attempts})",
+                    status.state,
+                    attempt + 1
+                );
+                let record = format!("job {job} {}", status.state);
+                lost.push(record);
+                continue;
+            }
+        }
+        return finish(&config, &ci, &remote, &submitted, ended).await;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// A submitted job and what the report says about how it came to be.
+struct Submitted<'a> {
+    job: JobId,
+    at: SystemTime,
+    attempt: Attempt,
+    /// The earlier attempts the cluster lost, e.g. "job 12 NODE_FAIL".
+    lost: &'a [String],
+}
+
+/// One submission of the job: the first, or a retry after the cluster lost
+/// an earlier one.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    number: u32,
+    of: u32,
+}
+
+impl Attempt {
+    /// The name of a run-directory file for this attempt.
+    fn file(&self, name: &str) -> String {
+        script::attempt_name(name, self.number)
+    }
+
+    /// The job name: unique per attempt, so a lost submit reply can still
+    /// be resolved by the name.
+    fn name(&self, job_name: &str) -> String {
+        if self.number == 1 {
+            job_name.to_string()
+        } else {
+            format!("{job_name}-{}", self.number)
+        }
+    }
+
+    /// " (attempt 2 of 3)" when retries are allowed, else nothing.
+    fn label(&self) -> String {
+        if self.of > 1 {
+            format!(" (attempt {} of {})", self.number, self.of)
+        } else {
+            String::new()
+        }
+    }
 }
 
 /// The per-run directory and the backend that reaches it.
@@ -320,15 +415,16 @@ fn script_spec(
     staged: &StagedWorkspace,
     pack: &PackReport,
     artifacts_part_size: Option<u64>,
+    attempt: Attempt,
 ) -> ScriptSpec {
     let resources = &config.resources;
     ScriptSpec {
         job_name: config.job_name.clone(),
         run_dir: run_dir.to_string(),
-        output_file: format!("{run_dir}/{OUTPUT_NAME}"),
+        output_file: format!("{run_dir}/{}", attempt.file(OUTPUT_NAME)),
         error_file: config
             .separate_stderr
-            .then(|| format!("{run_dir}/{ERROR_NAME}")),
+            .then(|| format!("{run_dir}/{}", attempt.file(ERROR_NAME))),
         time_limit: resources.time_limit.clone(),
         nodes: resources.nodes.clone(),
         ntasks: resources.ntasks,
@@ -343,8 +439,10 @@ fn script_spec(
             UserCommand::ScriptFile(path) => script::Command::ScriptFile(path.clone()),
         },
         artifacts: config.artifacts.clone(),
-        artifacts_archive: format!("{run_dir}/{ARTIFACTS_NAME}"),
+        artifacts_archive: format!("{run_dir}/{}", attempt.file(ARTIFACTS_NAME)),
         artifacts_part_size,
+        attempt: attempt.number,
+        keep_archive: attempt.number < attempt.of,
     }
 }
 
@@ -385,14 +483,15 @@ async fn watch_job(
     config: &Config,
     ci: &Ci,
     remote: &Remote<'_>,
-    job: &JobId,
+    submitted: &Submitted<'_>,
     staged: &StagedWorkspace,
     mut log: std::fs::File,
     stop: &mut StopSignal,
 ) -> Result<Ended> {
-    let mut files = vec![OutputFile::new(remote.path(OUTPUT_NAME))];
+    let (job, attempt) = (&submitted.job, submitted.attempt);
+    let mut files = vec![OutputFile::new(remote.path(&attempt.file(OUTPUT_NAME)))];
     if config.separate_stderr {
-        files.push(OutputFile::new(remote.path(ERROR_NAME)));
+        files.push(OutputFile::new(remote.path(&attempt.file(ERROR_NAME))));
     }
     let settings = WatchSettings {
         state_interval: config.poll.state_interval,
@@ -406,7 +505,10 @@ async fn watch_job(
         .map(|t| tokio::time::Instant::now() + t.saturating_sub(START.elapsed()));
     let sink = CiSink(ci);
     let mut watcher = Watcher::new(remote.backend, &sink, Some(&mut log), settings, files);
-    ci.group_start("job-output", &format!("Output of job {job}"));
+    ci.group_start(
+        "job-output",
+        &format!("Output of job {job}{}", attempt.label()),
+    );
     let end = watcher.watch(job, stop, deadline).await;
     let ended = match end {
         Ok(WatchEnd::Finished(status)) => Ok(Ended::Finished {
@@ -478,10 +580,11 @@ async fn finish(
     config: &Config,
     ci: &Ci,
     remote: &Remote<'_>,
-    job: &JobId,
-    submitted_at: SystemTime,
+    submitted: &Submitted<'_>,
     ended: Result<Ended>,
 ) -> Result<i32> {
+    let (job, attempt, lost) = (&submitted.job, submitted.attempt, submitted.lost);
+    let submitted_at = submitted.at;
     let ended = match ended {
         Ok(ended) => ended,
         Err(err) => {
@@ -504,9 +607,17 @@ async fn finish(
                 let left = until
                     .saturating_duration_since(Instant::now())
                     .saturating_sub(STOP_CLEANUP_BUDGET);
-                let fetched =
-                    tokio::time::timeout(left, fetch_artifacts(config, ci, remote, script_ended))
-                        .await;
+                let fetched = tokio::time::timeout(
+                    left,
+                    fetch_artifacts(
+                        config,
+                        ci,
+                        remote,
+                        &attempt.file(ARTIFACTS_NAME),
+                        script_ended,
+                    ),
+                )
+                .await;
                 if fetched.is_err() {
                     ci.warning(
                         "artifacts",
@@ -530,7 +641,14 @@ async fn finish(
         }
         Ended::Deadline { script_ended } => {
             if wants_artifacts(false) {
-                fetch_artifacts(config, ci, remote, script_ended).await;
+                fetch_artifacts(
+                    config,
+                    ci,
+                    remote,
+                    &attempt.file(ARTIFACTS_NAME),
+                    script_ended,
+                )
+                .await;
             }
             if config.cleanup.should_remove(false) {
                 remote.cleanup().await;
@@ -558,7 +676,14 @@ async fn finish(
             // Keep the run directory when it holds what CI did not get.
             let mut keep = false;
             if wants_artifacts(outcome.success) {
-                let fetched = fetch_artifacts(config, ci, remote, script_ended).await;
+                let fetched = fetch_artifacts(
+                    config,
+                    ci,
+                    remote,
+                    &attempt.file(ARTIFACTS_NAME),
+                    script_ended,
+                )
+                .await;
                 if outcome.success && fetched != Artifacts::Delivered {
                     // Green would claim results that are not there.
                     outcome = outcome.incomplete(
@@ -575,7 +700,16 @@ async fn finish(
                 );
                 keep = true;
             }
-            let handed_back = fetch_handback(remote).await;
+            let handed_back = fetch_handback(remote, attempt).await;
+            if !lost.is_empty() {
+                outcome.reason = format!(
+                    "{}; attempt {} of {}, after the cluster lost {}",
+                    outcome.reason,
+                    attempt.number,
+                    attempt.of,
+                    lost.join(", ")
+                );
+            }
             if !keep && config.cleanup.should_remove(outcome.success) {
                 remote.cleanup().await;
             } else if keep {
@@ -607,15 +741,15 @@ struct HandedBack {
 
 /// Reads back the files the job may have appended step outputs and summary
 /// Markdown to (`FIRECREST_CI_OUTPUT`, `FIRECREST_CI_SUMMARY`).
-async fn fetch_handback(remote: &Remote<'_>) -> HandedBack {
-    let read = |name: &'static str| async move {
+async fn fetch_handback(remote: &Remote<'_>, attempt: Attempt) -> HandedBack {
+    let read = |name: String| async move {
         let result = async {
             let scratch = tempfile::Builder::new()
                 .prefix("firecrest-ci-handback-")
                 .tempdir()
                 .context("failed to create a temporary directory")?;
-            let local = scratch.path().join(name);
-            if !remote.backend.download(&remote.path(name), &local).await? {
+            let local = scratch.path().join(&name);
+            if !remote.backend.download(&remote.path(&name), &local).await? {
                 return anyhow::Ok(String::new());
             }
             let size = std::fs::metadata(&local)
@@ -642,8 +776,8 @@ async fn fetch_handback(remote: &Remote<'_>) -> HandedBack {
         }
     };
     HandedBack {
-        outputs: read(handback::OUTPUT_FILE).await,
-        summary: read(handback::SUMMARY_FILE).await,
+        outputs: read(attempt.file(handback::OUTPUT_FILE)).await,
+        summary: read(attempt.file(handback::SUMMARY_FILE)).await,
     }
 }
 
@@ -695,6 +829,7 @@ async fn fetch_artifacts(
     config: &Config,
     ci: &Ci,
     remote: &Remote<'_>,
+    archive: &str,
     script_ended: bool,
 ) -> Artifacts {
     ci.group_start("artifacts", "Fetching artifacts");
@@ -706,7 +841,7 @@ async fn fetch_artifacts(
         let local = scratch.path().join(ARTIFACTS_NAME);
         let found = remote
             .backend
-            .download(&remote.path(ARTIFACTS_NAME), &local)
+            .download(&remote.path(archive), &local)
             .await
             .context("failed to download the artifacts")?;
         if !found {
@@ -989,7 +1124,11 @@ async fn dry_run(config: &Config, ci: &Ci, run_name: &str) -> Result<i32> {
         parts: vec![ARCHIVE_NAME.to_string()],
         transfer_job: None,
     };
-    let script = script::render(&script_spec(config, &run_dir, &staged, &pack, None))
+    let first = Attempt {
+        number: 1,
+        of: 1 + config.retries,
+    };
+    let script = script::render(&script_spec(config, &run_dir, &staged, &pack, None, first))
         .context("failed to render the batch script")?;
 
     let mut plan = String::new();

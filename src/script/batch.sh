@@ -17,6 +17,7 @@
 #   _fci_artifacts_part_size  split the artifacts archive above this size ('' never)
 #   _fci_workspace          directory the archive is extracted into
 #   _fci_marker             written once the workspace is extracted
+#   _fci_keep_archive       1: keep the archive for a later attempt
 #   _fci_invalid            exit status for a missing or corrupt workspace
 #   _fci_kill_after         seconds the commands get after a signal before SIGKILL
 #   _fci_mode               inline (commands in _fci_commands) or script (_fci_script)
@@ -170,7 +171,8 @@ else
   { rm -rf -- "$_fci_workspace" && mkdir -- "$_fci_workspace"; } || _fci_fail "cannot create $_fci_run_dir/$_fci_workspace"
   tar -xzf "$_fci_archive" -C "$_fci_workspace" || _fci_fail "cannot extract the workspace archive (see tar's message above)"
   : > "$_fci_marker"
-  rm -f -- "$_fci_archive"
+  # A later attempt (a retry after the cluster lost the job) extracts it again.
+  [ "$_fci_keep_archive" = 1 ] || rm -f -- "$_fci_archive"
   _fci_files=$(find "$_fci_workspace" -type f -print0 | tr -cd '\0' | wc -c)
   _fci_say "workspace ready ($((_fci_files)) files)"
 fi

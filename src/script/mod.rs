@@ -101,6 +101,27 @@ pub struct ScriptSpec {
     /// `<archive>.part-00000`, ... of this size, for a server that can only
     /// hand back small files.
     pub artifacts_part_size: Option<u64>,
+    /// 1 for the first submission; a retry after the cluster lost the job
+    /// gets a fresh workspace (and files) of its own in the same run
+    /// directory, from the archive the first one kept.
+    pub attempt: u32,
+    /// Keep the workspace archive after extracting it, for a later attempt.
+    pub keep_archive: bool,
+}
+
+/// The name of a run-directory file or directory for `attempt`: the first
+/// attempt's names as they are, a later one's with `-N` before the first
+/// dot (`job.out` -> `job-2.out`, `workspace` -> `workspace-2`).
+pub fn attempt_name(name: &str, attempt: u32) -> String {
+    if attempt <= 1 {
+        return name.to_string();
+    }
+    // A leading dot (a hidden file) is not an extension.
+    let start = usize::from(name.starts_with('.'));
+    match name[start..].find('.') {
+        Some(at) => format!("{}-{attempt}{}", &name[..start + at], &name[start + at..]),
+        None => format!("{name}-{attempt}"),
+    }
 }
 
 /// Renders the batch script, or says which value it refuses.
@@ -166,17 +187,25 @@ pub fn render(spec: &ScriptSpec) -> Result<String> {
             .artifacts_part_size
             .map_or(String::new(), |n| n.to_string()),
     );
-    value("workspace", &sh_quote(WORKSPACE_DIR));
-    value("marker", &sh_quote(EXTRACTED_MARKER));
+    let named = |name: &str| attempt_name(name, spec.attempt);
+    value("workspace", &sh_quote(&named(WORKSPACE_DIR)));
+    value("marker", &sh_quote(&named(EXTRACTED_MARKER)));
+    value("keep_archive", if spec.keep_archive { "1" } else { "0" });
     value("invalid", &codes::WORKSPACE_INVALID.to_string());
     value("kill_after", &COMMANDS_GRACE_SECS.to_string());
     value(
         "output_file",
-        &sh_quote(&format!("{run_dir}/{}", crate::handback::OUTPUT_FILE)),
+        &sh_quote(&format!(
+            "{run_dir}/{}",
+            named(crate::handback::OUTPUT_FILE)
+        )),
     );
     value(
         "summary_file",
-        &sh_quote(&format!("{run_dir}/{}", crate::handback::SUMMARY_FILE)),
+        &sh_quote(&format!(
+            "{run_dir}/{}",
+            named(crate::handback::SUMMARY_FILE)
+        )),
     );
     match &spec.command {
         Command::Inline(commands) => {
@@ -190,7 +219,10 @@ pub fn render(spec: &ScriptSpec) -> Result<String> {
             }
             let delimiter = heredoc_delimiter(&body);
             value("mode", "inline");
-            value("commands", &sh_quote(&format!("{run_dir}/{COMMANDS_FILE}")));
+            value(
+                "commands",
+                &sh_quote(&format!("{run_dir}/{}", named(COMMANDS_FILE))),
+            );
             value("script", "''");
             let _ = write!(
                 s,
@@ -489,6 +521,8 @@ mod tests {
             artifacts: vec![],
             artifacts_archive: format!("{run_dir}/artifacts.tar.gz"),
             artifacts_part_size: None,
+            attempt: 1,
+            keep_archive: false,
         }
     }
 
@@ -1356,5 +1390,44 @@ mod tests {
             }
         }
         assert!(validate_sbatch_option("--mem=8G").is_ok());
+    }
+
+    #[test]
+    fn attempt_names_keep_the_first_and_suffix_the_rest() {
+        assert_eq!(attempt_name("job.out", 1), "job.out");
+        assert_eq!(attempt_name("job.out", 2), "job-2.out");
+        assert_eq!(attempt_name("artifacts.tar.gz", 3), "artifacts-3.tar.gz");
+        assert_eq!(attempt_name("workspace", 2), "workspace-2");
+        assert_eq!(
+            attempt_name(".firecrest-ci-extracted", 2),
+            ".firecrest-ci-extracted-2"
+        );
+    }
+
+    /// A retry runs in a fresh workspace of its own, from the archive the
+    /// first attempt kept: whatever the first attempt changed is not there.
+    #[test]
+    fn a_later_attempt_extracts_a_fresh_workspace_from_the_kept_archive() {
+        let mut run = workspace();
+        run.spec.keep_archive = true;
+        run.spec.command = Command::Inline("echo changed > hello.txt".into());
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(
+            run.dir.join(&run.spec.archive_parts[0]).exists(),
+            "archive kept"
+        );
+        run.spec.attempt = 2;
+        run.spec.keep_archive = false;
+        run.spec.command = Command::Inline("cat hello.txt; pwd".into());
+        let out = run.run();
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        assert!(stdout.lines().any(|l| l == "hello"), "{stdout}");
+        assert!(stdout.contains("/workspace-2\n"), "{stdout}");
+        assert!(
+            !run.dir.join(&run.spec.archive_parts[0]).exists(),
+            "archive removed by the last attempt"
+        );
     }
 }

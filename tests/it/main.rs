@@ -26,5 +26,6 @@ mod lifecycle;
 mod local;
 mod messages;
 mod request_ids;
+mod retries;
 mod signals;
 mod slurm;
