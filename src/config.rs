@@ -304,15 +304,15 @@ pub const INPUTS: &[InputSpec] = &[
         "poll-interval",
         "FIRECREST_POLL_INTERVAL",
         "",
-        "10s",
-        "how often the job state is read while it runs",
+        "30s",
+        "how often the job state is read while the job runs and its output says nothing of its end (a safety net)",
     ),
     input(
         "log-interval",
         "FIRECREST_LOG_INTERVAL",
         "",
         "1s",
-        "how often new output is read while output flows (it backs off when quiet)",
+        "how often new output is read while output flows (it backs off to 4s when quiet, to 10s after 30s of quiet)",
     ),
     input(
         "submit-grace",
@@ -533,11 +533,13 @@ pub struct RunIdentity {
 /// How often to look at the job, and how long to wait for the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollSettings {
-    /// Between two job-state reads.
+    /// Between two job-state reads while the output shows the job running:
+    /// the safety net for a job that ends without a word.
     pub state_interval: Duration,
     /// Between two log reads while output flows.
     pub log_interval: Duration,
-    /// The longest gap between log reads when the job is quiet.
+    /// The longest gap between log reads when the job is quiet (for under
+    /// 30 s: the watcher allows longer gaps after that).
     pub log_max_interval: Duration,
     /// How long a submitted job may stay unknown to the scheduler.
     pub submit_grace: Duration,
@@ -1697,9 +1699,9 @@ fn poll_settings(raw: &RawInputs, p: &mut Problems) -> PollSettings {
                 raw.poll_interval.as_deref(),
                 parse_duration,
             )
-            .unwrap_or(Duration::from_secs(10)),
+            .unwrap_or(Duration::from_secs(30)),
         log_interval,
-        log_max_interval: log_interval.max(Duration::from_secs(10)),
+        log_max_interval: log_interval.max(Duration::from_secs(4)),
         submit_grace: p
             .parse(
                 "FIRECREST_SUBMIT_GRACE",
@@ -2251,7 +2253,7 @@ mod tests {
             PollSettings {
                 state_interval: Duration::from_secs(20),
                 log_interval: Duration::from_millis(500),
-                log_max_interval: Duration::from_secs(10),
+                log_max_interval: Duration::from_secs(4),
                 submit_grace: Duration::from_secs(300),
                 request_timeout: Duration::from_secs(45),
             }
@@ -2281,9 +2283,9 @@ mod tests {
         assert_eq!(c.log_level, "info");
         assert_eq!(c.log_file, fx.ws.join("firecrest-ci.log"));
         assert!(!c.separate_stderr);
-        assert_eq!(c.poll.state_interval, Duration::from_secs(10));
+        assert_eq!(c.poll.state_interval, Duration::from_secs(30));
         assert_eq!(c.poll.log_interval, Duration::from_secs(1));
-        assert_eq!(c.poll.log_max_interval, Duration::from_secs(10));
+        assert_eq!(c.poll.log_max_interval, Duration::from_secs(4));
         assert_eq!(c.poll.submit_grace, Duration::from_secs(120));
         assert_eq!(c.poll.request_timeout, Duration::from_secs(30));
         assert_eq!(c.transfer_threshold, 256 * 1024 * 1024);

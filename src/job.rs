@@ -8,11 +8,20 @@
 //! [`Utf8Stream`] holds back a character split across two reads until its
 //! last byte arrives.
 //!
-//! Polling adapts: output is read every `log_interval` while it flows and
-//! backs off (doubling, up to `log_max_interval`) while it does not; the job
-//! state is read every `state_interval`, sooner right after submission and as
-//! soon as the batch script reports that the user's commands ended (then
-//! after 1, 2, 4, ... seconds, up to `state_interval` again).
+//! Polling adapts to what the output says, so that a running job costs few
+//! requests and its lines still show within about a second:
+//! - output is read every `log_interval` while it flows, at once again after
+//!   a read that stopped at its size limit, and backs off while it is quiet
+//!   (doubling, up to `log_max_interval`; up to `silent_interval` once it
+//!   was quiet for `silent_after`);
+//! - the job state is read on a short schedule (0.3, 0.6, 1.2, ... s, at
+//!   most every [`PENDING_STATE_EVERY`]) until the job is seen running or its
+//!   output begins, which also shows the queue state and reason of a pending
+//!   job; then never on a timer while output shows the job running, only
+//!   when the batch script reports that the commands ended (at once, then
+//!   after 1, 2, 4, ... s) or that it ended (0.1, 0.2, 0.4, ... s), and as a
+//!   safety net every `state_interval`: a job killed with its node prints
+//!   nothing more.
 //!
 //! The batch script's last line ([`script::SCRIPT_END_MARKER`]) says that the
 //! output file is complete: once it was shown and the job is final, the
@@ -34,6 +43,19 @@ use crate::script::{COMMANDS_ENDED_MARKER, SCRIPT_END_MARKER};
 /// for the epilogue.
 const STOP_READ_EVERY: Duration = Duration::from_millis(250);
 
+/// The first reads after submission, and after the output began, come after
+/// 0.3, 0.6, 1.2, ... s: a job usually starts within a second or two, and a
+/// short one ends soon after its prologue.
+const FIRST_READ_AFTER: Duration = Duration::from_millis(300);
+
+/// Before the job is seen running, its state is read at least this often:
+/// the queue state and reason of a pending job are worth showing.
+const PENDING_STATE_EVERY: Duration = Duration::from_secs(10);
+
+/// Once the commands ended, output is read this often until the script's
+/// last line: the epilogue is all that is left, and the run waits for it.
+const EPILOGUE_READ_EVERY: Duration = Duration::from_millis(250);
+
 /// Output reads failing this long get a warning in the CI log.
 const READ_FAILURES_WORTH_A_WARNING: Duration = Duration::from_secs(30);
 
@@ -49,12 +71,17 @@ pub trait OutputSink: Send + Sync {
 /// How often to look; defaults need no tuning.
 #[derive(Debug, Clone)]
 pub struct WatchSettings {
-    /// Job state reads while the job runs.
+    /// The safety net: job state reads while the job runs and its output
+    /// reports nothing about its end.
     pub state_interval: Duration,
     /// Output reads while output flows.
     pub log_interval: Duration,
-    /// Output reads back off to this while the job is quiet.
+    /// Output reads back off to this while the job is quiet ...
     pub log_max_interval: Duration,
+    /// ... and to this (or `log_max_interval` if longer) once the output
+    /// was quiet for `silent_after`.
+    pub silent_interval: Duration,
+    pub silent_after: Duration,
     /// How long the scheduler may not know a job it just accepted.
     pub submit_grace: Duration,
     /// How long the state may fail to be read before the run gives up.
@@ -68,9 +95,11 @@ pub struct WatchSettings {
 impl Default for WatchSettings {
     fn default() -> Self {
         Self {
-            state_interval: Duration::from_secs(10),
+            state_interval: Duration::from_secs(30),
             log_interval: Duration::from_secs(1),
-            log_max_interval: Duration::from_secs(10),
+            log_max_interval: Duration::from_secs(4),
+            silent_interval: Duration::from_secs(10),
+            silent_after: Duration::from_secs(30),
             submit_grace: Duration::from_secs(120),
             error_budget: Duration::from_secs(600),
             drain_quiet: Duration::from_secs(2),
@@ -91,6 +120,8 @@ pub struct OutputFile {
     warned: bool,
     /// The last read gave bytes: there may be more.
     last_read_gave: bool,
+    /// The last read stopped at its size limit: there is more.
+    more: bool,
     /// What could not be shown, decided when the job's output was drained.
     pub missing: Option<Missing>,
 }
@@ -122,6 +153,7 @@ impl OutputFile {
             failing_since: None,
             warned: false,
             last_read_gave: false,
+            more: false,
             missing: None,
         }
     }
@@ -202,22 +234,23 @@ impl<'a> Watcher<'a> {
         deadline: Option<Instant>,
     ) -> Result<WatchEnd> {
         let started = Instant::now();
-        let mut tracker = StateTracker::default();
-        let mut log_interval = self.settings.log_interval;
-        let mut next_state = started + Duration::from_secs(1);
-        let mut next_log = started + self.settings.log_interval;
+        let mut tracker = StateTracker::new(started);
+        let mut pace = OutputPace::new(started);
+        let mut next_log = started + pace.interval;
         // A state read runs beside the output reads: one stuck in retries
         // must not hold the output back.
         let backend = self.backend;
         let mut in_flight: Option<StateRead<'a>> = None;
+        let mut read_in = Phase::Submitted;
 
         loop {
             if let Some(signal) = *stop.borrow() {
                 return Ok(WatchEnd::Stopped(signal));
             }
+            let next_state = tracker.next_read(&self.settings);
             if in_flight.is_none() && Instant::now() >= next_state {
-                tracker.checks += 1;
                 self.stats.state_reads += 1;
+                read_in = tracker.phase;
                 let id = job.clone();
                 in_flight = Some(Box::pin(async move { backend.job_status(&id).await }));
             }
@@ -234,11 +267,17 @@ impl<'a> Watcher<'a> {
                     if in_flight.is_some() =>
                 {
                     in_flight = None;
+                    tracker.read_done(Instant::now(), read_in);
+                    let running = matches!(&result, Ok(Some(s)) if SlurmState::parse(&s.state) == SlurmState::Running);
                     if let Some(status) = self.on_state(job, &mut tracker, started, result)? {
                         self.drain().await?;
                         return Ok(WatchEnd::Finished(status));
                     }
-                    next_state = Instant::now() + tracker.next_interval(&self.settings);
+                    if running && tracker.enter(Phase::Running, Instant::now()) {
+                        // Its prologue prints at once: show it soon.
+                        pace.restart();
+                        next_log = next_log.min(Instant::now() + pace.interval);
+                    }
                 }
                 changed = stop.changed() => {
                     if changed.is_ok() {
@@ -254,22 +293,22 @@ impl<'a> Watcher<'a> {
 
             if Instant::now() >= next_log {
                 let got = self.read_all_once(false).await?;
-                log_interval = if got > 0 {
-                    self.settings.log_interval
-                } else {
-                    (log_interval * 2).min(self.settings.log_max_interval)
-                };
-                next_log = Instant::now() + log_interval;
-                if self.end_hint && tracker.since_end.is_none() {
-                    tracker.since_end = Some(0);
-                    next_state = next_state.min(Instant::now());
+                let more = self.files.iter().any(|f| f.more);
+                let now = Instant::now();
+                let mut interval = pace.after_read(got, more, now, &self.settings);
+                if self.stats.output_bytes > 0 {
+                    tracker.enter(Phase::Running, now);
                 }
-                if self.script_ended && !tracker.script_ended {
-                    // Restart the short schedule at the script's last line.
-                    tracker.script_ended = true;
-                    tracker.since_end = Some(0);
-                    next_state = next_state.min(Instant::now());
+                if self.end_hint {
+                    tracker.enter(Phase::CommandsEnded, now);
+                    if !self.script_ended {
+                        interval = interval.min(EPILOGUE_READ_EVERY);
+                    }
                 }
+                if self.script_ended {
+                    tracker.enter(Phase::ScriptEnded, now);
+                }
+                next_log = now + interval;
             }
         }
     }
@@ -382,6 +421,7 @@ impl<'a> Watcher<'a> {
         file.failing_since = None;
         file.warned = false;
         file.last_read_gave = chunk.advance > 0;
+        file.more = chunk.more;
         if chunk.advance == 0 {
             return Ok(0);
         }
@@ -548,8 +588,23 @@ impl<'a> Watcher<'a> {
 type StateRead<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<JobStatus>>> + Send + 'a>>;
 
-/// What the watcher knows about the job's state between reads.
-#[derive(Debug, Default)]
+/// What the output has said about the job so far; it decides when the job
+/// state is worth reading. Phases only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Submitted: not seen running, no output yet.
+    Submitted,
+    /// Seen running, or its output began.
+    Running,
+    /// The batch script said that the commands ended.
+    CommandsEnded,
+    /// The batch script printed its last line.
+    ScriptEnded,
+}
+
+/// What the watcher knows about the job's state between reads, and when to
+/// read it next.
+#[derive(Debug)]
 struct StateTracker {
     /// The scheduler has shown the job at least once.
     seen: bool,
@@ -557,35 +612,135 @@ struct StateTracker {
     shown: Option<(String, Option<String>)>,
     warned_unknown: bool,
     failing_since: Option<Instant>,
-    /// State reads so far.
-    checks: u32,
-    /// State reads since the batch script said the commands ended.
-    since_end: Option<u32>,
-    /// The batch script printed its last line.
-    script_ended: bool,
+    phase: Phase,
+    /// When the phase began.
+    phase_started: Instant,
+    /// State reads done in this phase.
+    phase_reads: u32,
+    /// When the last state read came back.
+    last_read: Option<Instant>,
 }
 
 impl StateTracker {
-    /// When to read the state again.
-    fn next_interval(&mut self, settings: &WatchSettings) -> Duration {
-        if !self.seen {
-            // 1, 2, 4, ... seconds while the scheduler may not know it yet.
-            Duration::from_secs(1u64 << self.checks.min(4)).min(settings.state_interval)
-        } else if let Some(checks) = self.since_end.as_mut() {
-            // The job should end any moment: 1, 2, 4, ... seconds, so a state
-            // that lingers (a slow epilog, a state this tool does not know)
-            // does not cost a request a second. Once the script printed its
-            // last line, only the shell's exit is left: 0.1, 0.2, 0.4, ... s.
-            *checks += 1;
-            let first = if self.script_ended {
-                Duration::from_millis(100)
-            } else {
-                Duration::from_secs(1)
-            };
-            (first * (1u32 << (*checks - 1).min(10))).min(settings.state_interval)
-        } else {
-            settings.state_interval
+    fn new(started: Instant) -> Self {
+        Self {
+            seen: false,
+            shown: None,
+            warned_unknown: false,
+            failing_since: None,
+            phase: Phase::Submitted,
+            phase_started: started,
+            phase_reads: 0,
+            last_read: None,
         }
+    }
+
+    /// Moves to `phase` if it is further on; says whether it did.
+    fn enter(&mut self, phase: Phase, now: Instant) -> bool {
+        if phase <= self.phase {
+            return false;
+        }
+        self.phase = phase;
+        self.phase_started = now;
+        self.phase_reads = 0;
+        true
+    }
+
+    /// A state read started in phase `started_in` came back. One started
+    /// before the phase began does not count as the phase's first.
+    fn read_done(&mut self, now: Instant, started_in: Phase) {
+        if started_in == self.phase {
+            self.phase_reads += 1;
+        }
+        self.last_read = Some(now);
+    }
+
+    /// When to read the state next.
+    fn next_read(&self, settings: &WatchSettings) -> Instant {
+        let n = self.phase_reads;
+        let doubling = |first: Duration, k: u32| first * (1u32 << k.min(6));
+        let after_last = |delay: Duration| {
+            let from = match self.last_read {
+                Some(last) if n > 0 => last,
+                _ => self.phase_started,
+            };
+            from + delay.min(settings.state_interval)
+        };
+        match self.phase {
+            // 0.3, 0.6, 1.2, ... s: the scheduler may not know the job yet,
+            // it may start any moment, or it waits in the queue.
+            Phase::Submitted => after_last(doubling(FIRST_READ_AFTER, n).min(PENDING_STATE_EVERY)),
+            // The output shows the job running: only the safety net.
+            Phase::Running => after_last(settings.state_interval),
+            // The job should end any moment: at once, then 1, 2, 4, ... s,
+            // so a state that lingers (a slow epilog, a state this tool does
+            // not know) does not cost a request a second. Once the script
+            // printed its last line, only the shell's exit is left: at once,
+            // then 0.1, 0.2, 0.4, ... s.
+            Phase::CommandsEnded | Phase::ScriptEnded if n == 0 => self.phase_started,
+            Phase::CommandsEnded => after_last(doubling(Duration::from_secs(1), n - 1)),
+            Phase::ScriptEnded => after_last(doubling(Duration::from_millis(100), n - 1)),
+        }
+    }
+}
+
+/// When to read the output next, from how it flowed so far.
+#[derive(Debug)]
+struct OutputPace {
+    /// Until the next read.
+    interval: Duration,
+    /// Reads that gave bytes since the output began (or restarted).
+    reads_with_data: u32,
+    /// When a read last gave bytes (at first: when watching began).
+    last_data: Instant,
+}
+
+impl OutputPace {
+    fn new(started: Instant) -> Self {
+        Self {
+            interval: FIRST_READ_AFTER,
+            reads_with_data: 0,
+            last_data: started,
+        }
+    }
+
+    /// The job was just seen running: read soon, as after submission.
+    fn restart(&mut self) {
+        self.interval = FIRST_READ_AFTER;
+        self.reads_with_data = 0;
+    }
+
+    /// After a read that gave `got` bytes (`more`: it stopped at its size
+    /// limit): how long until the next one.
+    fn after_read(
+        &mut self,
+        got: u64,
+        more: bool,
+        now: Instant,
+        settings: &WatchSettings,
+    ) -> Duration {
+        if got > 0 {
+            self.last_data = now;
+            self.reads_with_data += 1;
+        }
+        self.interval = if more {
+            Duration::ZERO
+        } else if got > 0 {
+            // The first reads after the output began come sooner: a short
+            // job ends soon after its prologue.
+            let ramp = FIRST_READ_AFTER * (1u32 << (self.reads_with_data - 1).min(6));
+            ramp.min(settings.log_interval)
+        } else {
+            let cap = if now.duration_since(self.last_data) >= settings.silent_after {
+                settings.silent_interval.max(settings.log_max_interval)
+            } else {
+                settings.log_max_interval
+            };
+            (self.interval * 2)
+                .max(FIRST_READ_AFTER.min(settings.log_interval))
+                .min(cap)
+        };
+        self.interval
     }
 }
 
@@ -693,10 +848,122 @@ mod tests {
         assert!(stream.finish().is_empty());
     }
 
-    struct NoBackend;
+    /// A job that follows a script on tokio's clock (seconds from the
+    /// backend's creation): its state over time, what its output file holds
+    /// when. Records each state and output read, in order.
+    struct Scripted {
+        start: Instant,
+        /// From this time on, the job is in this state (with this reason).
+        states: Vec<(f64, &'static str, Option<&'static str>)>,
+        /// At this time, these bytes are appended to the output file.
+        writes: Vec<(f64, Vec<u8>)>,
+        /// A read returns at most this many bytes (and says there is more).
+        read_limit: usize,
+        calls: std::sync::Mutex<Vec<(f64, Call)>>,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Call {
+        State,
+        /// Whether the read gave bytes.
+        Output(bool),
+    }
+
+    const STARTED: &[u8] = b"firecrest-ci: job 1 on nid001\n";
+    const COMMANDS_ENDED: &[u8] = b"firecrest-ci: commands exited with status 0\n";
+    const SCRIPT_ENDED: &[u8] = b"firecrest-ci: end of the batch script (exit status 0)\n";
+
+    impl Scripted {
+        fn new() -> Self {
+            Self {
+                start: Instant::now(),
+                states: Vec::new(),
+                writes: Vec::new(),
+                read_limit: usize::MAX,
+                calls: Default::default(),
+            }
+        }
+
+        fn state(mut self, from: f64, state: &'static str, reason: Option<&'static str>) -> Self {
+            self.states.push((from, state, reason));
+            self
+        }
+
+        fn write(mut self, at: f64, bytes: &[u8]) -> Self {
+            self.writes.push((at, bytes.to_vec()));
+            self
+        }
+
+        /// The commands end at `at`, the script right after, the job 0.2 s later.
+        fn ends(self, at: f64) -> Self {
+            self.write(at, COMMANDS_ENDED)
+                .write(at, SCRIPT_ENDED)
+                .state(at + 0.2, "COMPLETED", None)
+        }
+
+        /// A numbered line every `every` seconds from `from` until before `to`.
+        fn lines(mut self, from: f64, to: f64, every: f64) -> Self {
+            let mut at = from;
+            while at < to {
+                self.writes
+                    .push((at, format!("line at {at:.1}\n").into_bytes()));
+                at += every;
+            }
+            self
+        }
+
+        fn now(&self) -> f64 {
+            self.start.elapsed().as_secs_f64()
+        }
+
+        fn file(&self) -> Vec<u8> {
+            let now = self.now();
+            let mut file = Vec::new();
+            for (at, bytes) in &self.writes {
+                if *at <= now + 1e-9 {
+                    file.extend_from_slice(bytes);
+                }
+            }
+            file
+        }
+
+        fn calls(&self) -> Vec<(f64, Call)> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        /// When state reads happened, in seconds.
+        fn state_reads(&self) -> Vec<f64> {
+            let calls = self.calls();
+            calls
+                .iter()
+                .filter(|(_, c)| *c == Call::State)
+                .map(|(t, _)| *t)
+                .collect()
+        }
+
+        /// When output reads happened, in seconds.
+        fn output_reads(&self) -> Vec<f64> {
+            let calls = self.calls();
+            calls
+                .iter()
+                .filter(|(_, c)| *c != Call::State)
+                .map(|(t, _)| *t)
+                .collect()
+        }
+
+        /// When the first output read that gave bytes happened.
+        fn first_data(&self) -> f64 {
+            let calls = self.calls();
+            calls
+                .iter()
+                .find(|(_, c)| *c == Call::Output(true))
+                .expect("output was read")
+                .0
+        }
+    }
 
     #[async_trait::async_trait]
-    impl Backend for NoBackend {
+    impl Backend for Scripted {
         fn describe(&self) -> String {
             String::new()
         }
@@ -720,15 +987,41 @@ mod tests {
             unreachable!()
         }
         async fn job_status(&self, _: &JobId) -> Result<Option<JobStatus>> {
-            unreachable!()
+            let now = self.now();
+            self.calls.lock().unwrap().push((now, Call::State));
+            let current = self
+                .states
+                .iter()
+                .rev()
+                .find(|(from, _, _)| *from <= now + 1e-9);
+            Ok(current.map(|(_, state, reason)| JobStatus {
+                state: state.to_string(),
+                reason: reason.map(str::to_string),
+                ..JobStatus::default()
+            }))
         }
         async fn read_output(
             &self,
             _: &str,
-            _: u64,
+            offset: u64,
             _: bool,
         ) -> Result<crate::backend::OutputChunk> {
-            unreachable!()
+            let file = self.file();
+            let rest = &file[(offset as usize).min(file.len())..];
+            let data = rest[..rest.len().min(self.read_limit)].to_vec();
+            let now = self.now();
+            self.calls
+                .lock()
+                .unwrap()
+                .push((now, Call::Output(!data.is_empty())));
+            Ok(crate::backend::OutputChunk {
+                advance: data.len() as u64,
+                more: data.len() < rest.len(),
+                data,
+            })
+        }
+        async fn output_size(&self, _: &str) -> Result<Option<u64>> {
+            Ok(Some(self.file().len() as u64))
         }
         async fn cancel(&self, _: &JobId) -> Result<()> {
             unreachable!()
@@ -744,14 +1037,226 @@ mod tests {
         }
     }
 
-    struct NoSink;
-    impl OutputSink for NoSink {
-        fn job_output(&self, _: &[u8]) {}
+    #[derive(Default)]
+    struct Shown(std::sync::Mutex<Vec<u8>>);
+    impl OutputSink for Shown {
+        fn job_output(&self, bytes: &[u8]) {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+        }
+    }
+
+    /// Watches the scripted job with the default settings until it ends;
+    /// the end and what was shown.
+    async fn watch(job: &Scripted) -> (WatchEnd, String) {
+        let shown = Shown::default();
+        let files = vec![OutputFile::new("job.out")];
+        let mut watcher = Watcher::new(job, &shown, None, WatchSettings::default(), files);
+        let (_keep, mut stop) = watch::channel(None);
+        let end = watcher
+            .watch(&JobId("1".into()), &mut stop, None)
+            .await
+            .unwrap();
+        let text = String::from_utf8(shown.0.into_inner().unwrap()).unwrap();
+        (end, text)
+    }
+
+    fn finished(end: &WatchEnd) -> &str {
+        match end {
+            WatchEnd::Finished(status) => &status.state,
+            other => panic!("the job did not finish: {other:?}"),
+        }
+    }
+
+    /// The largest gap between successive times in `from..=to`.
+    fn largest_gap(times: &[f64], from: f64, to: f64) -> f64 {
+        let within: Vec<f64> = times
+            .iter()
+            .copied()
+            .filter(|t| (from..=to).contains(t))
+            .collect();
+        within.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+    }
+
+    fn near(a: f64, b: f64) -> bool {
+        (a - b).abs() < 0.01
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_state_read_between_the_start_and_the_end_markers_while_output_flows() {
+        let job = Scripted::new()
+            .state(0.0, "PENDING", None)
+            .state(1.0, "RUNNING", None)
+            .write(1.0, STARTED)
+            .lines(1.5, 20.0, 0.5)
+            .ends(20.0);
+        let (end, shown) = watch(&job).await;
+        assert_eq!(finished(&end), "COMPLETED");
+        assert!(shown.ends_with("(exit status 0)\n"), "{shown}");
+        let reads = job.state_reads();
+        let between: Vec<f64> = reads
+            .iter()
+            .copied()
+            .filter(|t| *t > job.first_data() && *t < 20.0)
+            .collect();
+        assert_eq!(
+            between,
+            Vec::<f64>::new(),
+            "state reads while output flowed"
+        );
+        // After the markers: read at once, and the end noticed soon.
+        let after: Vec<f64> = reads.iter().copied().filter(|t| *t >= 20.0).collect();
+        assert!(
+            !after.is_empty() && after.iter().all(|t| *t < 21.0),
+            "{reads:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_job_is_read_on_the_short_schedule_and_its_reason_shown() {
+        #[derive(Clone, Default)]
+        struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let job = Scripted::new()
+            .state(0.0, "PENDING", Some("Priority"))
+            .state(40.0, "RUNNING", None)
+            .write(40.0, STARTED)
+            .ends(42.0);
+        let (end, _) = watch(&job).await;
+        assert_eq!(finished(&end), "COMPLETED");
+        let reads: Vec<f64> = job
+            .state_reads()
+            .into_iter()
+            .filter(|t| *t < 40.0)
+            .collect();
+        // 0.3, 0.6, 1.2, ... s apart, then every 10 s.
+        assert!(near(reads[0], 0.3), "{reads:?}");
+        let mut gap = 0.3;
+        for pair in reads.windows(2) {
+            gap = (gap * 2.0f64).min(10.0);
+            assert!(near(pair[1] - pair[0], gap), "{reads:?}");
+        }
+        assert!(reads.len() >= 8, "{reads:?}");
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            log.matches("job 1 is waiting in the queue (Priority)")
+                .count(),
+            1,
+            "{log}"
+        );
+        // Once it runs, its prologue is read within a second.
+        let output = job.output_reads();
+        let seen = output.iter().find(|t| **t >= 40.0).unwrap();
+        assert!(*seen <= 41.0, "{output:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_safety_net_notices_a_job_killed_without_a_word() {
+        let job = Scripted::new()
+            .state(0.0, "RUNNING", None)
+            .state(45.0, "NODE_FAIL", None)
+            .write(0.5, STARTED)
+            .lines(1.0, 10.0, 0.5);
+        let (end, shown) = watch(&job).await;
+        assert_eq!(finished(&end), "NODE_FAIL");
+        assert!(shown.contains("line at 9.5"), "{shown}");
+        let reads = job.state_reads();
+        let running: Vec<f64> = reads
+            .iter()
+            .copied()
+            .filter(|t| *t > job.first_data())
+            .collect();
+        // Only the safety net: every 30 s from the last read before.
+        let before = reads
+            .iter()
+            .copied()
+            .filter(|t| *t <= job.first_data())
+            .last()
+            .unwrap();
+        assert!(near(running[0], before + 30.0), "{reads:?}");
+        assert!(
+            running.windows(2).all(|w| near(w[1] - w[0], 30.0)),
+            "{reads:?}"
+        );
+        assert!(*running.last().unwrap() > 45.0 && running.last().unwrap() - 45.0 <= 30.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_output_backs_off_to_the_cap_and_speeds_up_when_it_returns() {
+        let job = Scripted::new()
+            .state(0.0, "RUNNING", None)
+            .write(0.5, STARTED)
+            .lines(120.0, 130.0, 0.5)
+            .ends(130.0);
+        let (end, _) = watch(&job).await;
+        assert_eq!(finished(&end), "COMPLETED");
+        let reads = job.output_reads();
+        // Quiet for less than 30 s: 1, 2, 4, 4, ... s.
+        assert!(near(largest_gap(&reads, 0.5, 30.0), 4.0), "{reads:?}");
+        // Quiet for longer: up to 10 s.
+        assert!(near(largest_gap(&reads, 45.0, 120.0), 10.0), "{reads:?}");
+        let back = reads.iter().copied().find(|t| *t >= 120.0).unwrap();
+        assert!(back - 120.0 <= 10.0, "{reads:?}");
+        // Flowing again: every second.
+        assert!(largest_gap(&reads, back, 130.0) <= 1.0 + 1e-6, "{reads:?}");
+        // The state meanwhile: the safety net only, every 30 s.
+        let states = job.state_reads();
+        let running: Vec<f64> = states
+            .iter()
+            .copied()
+            .filter(|t| *t > 1.0 && *t < 130.0)
+            .collect();
+        assert_eq!(running.len(), 4, "{states:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_cut_at_its_size_limit_is_followed_at_once() {
+        let mut job = Scripted::new()
+            .state(0.0, "RUNNING", None)
+            .write(0.5, STARTED)
+            .write(1.0, &[b'x'; 1000])
+            .write(5.0, b"\n")
+            .ends(5.0);
+        job.read_limit = 100;
+        let (end, shown) = watch(&job).await;
+        assert_eq!(finished(&end), "COMPLETED");
+        assert!(
+            shown.contains(&format!("\n{}\n", "x".repeat(1000))),
+            "{shown}"
+        );
+        let calls = job.calls();
+        let at = calls
+            .iter()
+            .find(|(t, c)| *t >= 1.0 && *c == Call::Output(true))
+            .unwrap()
+            .0;
+        let same = calls
+            .iter()
+            .filter(|(t, c)| *t == at && *c == Call::Output(true))
+            .count();
+        assert!(same >= 10, "{calls:?}");
     }
 
     /// Feeds `pieces` as successive reads; whether the script ended.
     fn ended_after(pieces: &[&[u8]]) -> bool {
-        let mut watcher = Watcher::new(&NoBackend, &NoSink, None, WatchSettings::default(), vec![]);
+        let job = Scripted::new();
+        let shown = Shown::default();
+        let mut watcher = Watcher::new(&job, &shown, None, WatchSettings::default(), vec![]);
         for piece in pieces {
             watcher.note_last_line(piece);
         }
@@ -777,27 +1282,5 @@ mod tests {
         ]));
         assert!(!ended_after(&[b"hello\n"]));
         assert!(!ended_after(&[]));
-    }
-
-    /// After the script's last line the state is read soon, then less and
-    /// less often, up to the state interval: a state that lingers (unknown
-    /// to this tool, a slow epilog) must not cost a read every 1.6 s.
-    #[test]
-    fn state_reads_after_the_end_back_off_to_the_state_interval() {
-        let settings = WatchSettings::default();
-        for script_ended in [false, true] {
-            let mut tracker = StateTracker {
-                seen: true,
-                since_end: Some(0),
-                script_ended,
-                ..StateTracker::default()
-            };
-            let intervals: Vec<Duration> =
-                (0..12).map(|_| tracker.next_interval(&settings)).collect();
-            let first = if script_ended { 100 } else { 1000 };
-            assert_eq!(intervals[0], Duration::from_millis(first));
-            assert!(intervals.windows(2).all(|w| w[0] <= w[1]), "{intervals:?}");
-            assert_eq!(intervals[11], settings.state_interval, "{intervals:?}");
-        }
     }
 }

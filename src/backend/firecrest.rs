@@ -79,7 +79,7 @@ const TRANSFER_LOG_PREFIX: &str = ".f7t_file_handling_job_";
 const S3_BACKLOG: u64 = 32 * 1024 * 1024;
 
 /// One `read_output` call reads at most this much (the watcher shows it,
-/// then calls again at once while output flows) ...
+/// then calls again at once: [`OutputChunk::more`]) ...
 const READ_BUDGET: u64 = 16 * 1024 * 1024;
 
 /// ... and stops starting new pieces after this long.
@@ -491,6 +491,7 @@ impl FirecrestBackend {
                     return Ok(OutputChunk {
                         data: text.into_bytes(),
                         advance: before - offset,
+                        more: false,
                     });
                 }
             }
@@ -501,6 +502,7 @@ impl FirecrestBackend {
         Ok(OutputChunk {
             data: prefix.as_bytes().to_vec(),
             advance: prefix.len() as u64,
+            more: false,
         })
     }
 
@@ -530,6 +532,7 @@ impl FirecrestBackend {
                 return Ok(OutputChunk {
                     data: buffer,
                     advance,
+                    more: false,
                 });
             }
             snapshots.remove(path);
@@ -562,6 +565,7 @@ impl FirecrestBackend {
                     OutputChunk {
                         advance: text.len() as u64,
                         data: text.into_bytes(),
+                        more: false,
                     },
                     PieceKind::Exact,
                 ),
@@ -605,6 +609,7 @@ impl FirecrestBackend {
                         OutputChunk {
                             advance: text.len() as u64,
                             data: text.into_bytes(),
+                            more: false,
                         },
                         PieceKind::Exact,
                     ))
@@ -635,6 +640,7 @@ impl FirecrestBackend {
                         OutputChunk {
                             data: char::REPLACEMENT_CHARACTER.to_string().into_bytes(),
                             advance: len,
+                            more: false,
                         },
                         PieceKind::Unit,
                     ));
@@ -700,7 +706,10 @@ impl FirecrestBackend {
                 .await
                 .get(path)
                 .is_some_and(|snapshot| at < snapshot.size);
-            let read = if from_snapshot || (facts.s3 && size - at > S3_BACKLOG) {
+            let backlog = from_snapshot || (facts.s3 && size - at > S3_BACKLOG);
+            // A `tail` reads to the end of the file: no `stat` after it.
+            let to_the_end = !backlog && size - at <= state.piece;
+            let read = if backlog {
                 self.read_backlog(path, at, size)
                     .await
                     .map(|c| (c, PieceKind::Opaque))
@@ -729,7 +738,11 @@ impl FirecrestBackend {
             state.advanced(at, &piece, kind);
             chunk.data.extend_from_slice(&piece.data);
             chunk.advance += piece.advance;
+            if to_the_end {
+                return Ok(chunk);
+            }
             if chunk.advance >= READ_BUDGET || started.elapsed() >= READ_TIME_BUDGET {
+                chunk.more = true;
                 return Ok(chunk);
             }
         }

@@ -141,7 +141,11 @@ impl LocalFiles {
             .await
             .with_context(|| format!("failed to read output {path} from byte {offset}"))?;
         let advance = data.len() as u64;
-        Ok(OutputChunk { data, advance })
+        Ok(OutputChunk {
+            data,
+            advance,
+            more: advance == MAX_READ,
+        })
     }
 
     /// Copies `remote` to `local`, creating `local`'s parent directories.

@@ -70,6 +70,9 @@ pub struct OutputChunk {
     /// starts at `offset + advance`. Differs from `data.len()` only when the
     /// server replaced invalid bytes.
     pub advance: u64,
+    /// The read stopped at its size or time limit, not at the end of the
+    /// file: more is there now, and the watcher reads again at once.
+    pub more: bool,
 }
 
 /// The archive the job's prologue reassembles and extracts.

@@ -1,9 +1,10 @@
 //! The streaming benchmark behind `BENCHMARKS.md`, run by `bench/run`
-//! (ignored in normal test runs: it takes minutes). A job prints a
-//! timestamped line every 100 ms on the FirecREST double; the tool's stdout
-//! is read as it arrives, so each line's delay from the output file to the
-//! CI log is measured, along with the request rate and the time from the
-//! job's end to the tool's exit. Prints one `key value` line per figure.
+//! (ignored in normal test runs: it takes minutes). Jobs on the FirecREST
+//! double print timestamped lines in bursts, slowly, or not at all; the
+//! tool's stdout is read as it arrives, so each line's delay from the
+//! output file to the CI log is measured, along with the request rate by
+//! kind and the time from the job's end to the tool's exit. Prints one
+//! `key value` line per figure.
 
 use std::io::{BufRead, BufReader};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -26,38 +27,38 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-#[test]
-#[ignore = "a benchmark: run it with bench/run"]
-fn bench_streaming() {
-    let minutes: f64 = std::env::var("BENCH_MINUTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10.0);
-    let lines = (minutes * 600.0).round() as u64;
+/// Requests by kind: job state reads, output reads (`stat`, `tail`,
+/// `view`), and the rest (token, upload, submit, cleanup).
+fn by_kind(fake: &FakeFirecrest) -> (usize, usize, usize) {
+    let log = fake.log();
+    let state = log.iter().filter(|e| e.route == Route::JobGet).count();
+    let output = log
+        .iter()
+        .filter(|e| matches!(e.route, Route::OpsStat | Route::OpsTail | Route::OpsView))
+        .count();
+    (state, output, log.len() - state - output)
+}
+
+/// One whole run with the default polling of a job whose lines read
+/// `stamp <unix time> <tag>` and whose last line is `end <unix time>`.
+/// Prints, as `bench_<key>_...` lines: the job's length, the lines, the
+/// requests per minute by kind, the line delays and the job's end to exit.
+fn stream_run(key: &str, commands: &str) {
     let fake = FakeFirecrest::start();
-    // Default polling: what users get without tuning.
-    let commands = format!(
-        "for i in $(seq 1 {lines}); do echo \"stamp $(date +%s.%N) $i\"; sleep 0.1; done\necho \"end $(date +%s.%N)\""
-    );
-    let mut setup = Setup::firecrest(&fake, "bench-stream", &commands);
+    let mut setup = Setup::firecrest(&fake, &format!("bench-{key}"), commands);
     setup.env.remove("FIRECREST_POLL_INTERVAL");
     setup.env.remove("FIRECREST_LOG_INTERVAL");
-
     let started = Instant::now();
     let mut child = setup.spawn();
     let stdout = child.stdout.take().expect("stdout");
     let mut delays = Vec::new();
-    let mut seen = 0u64;
     let mut end_stamp = None;
-    let mut first_stamp = None;
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         let arrived = now();
         if let Some(rest) = line.strip_prefix("stamp ") {
             if let Some(stamp) = rest.split(' ').next().and_then(|s| s.parse::<f64>().ok()) {
-                first_stamp.get_or_insert(stamp);
                 delays.push(arrived - stamp);
-                seen += 1;
             }
         } else if let Some(rest) = line.strip_prefix("end ") {
             end_stamp = rest.trim().parse::<f64>().ok();
@@ -66,39 +67,61 @@ fn bench_streaming() {
     let status = child.wait().expect("wait");
     let exited = now();
     assert!(status.success(), "the benchmark job failed: {status}");
-    assert_eq!(seen, lines, "every line exactly once");
-
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
     delays.sort_by(|a, b| a.total_cmp(b));
-    let job_minutes = match (first_stamp, end_stamp) {
-        (Some(first), Some(end)) => (end - first) / 60.0,
-        _ => minutes,
-    };
-    let job_reads = fake.count(Route::JobGet);
-    let tails = fake.count(Route::OpsTail) + fake.count(Route::OpsStat);
-    let tokens = fake.count(Route::Token);
-    let all = fake.log().len();
+    let (state, output, other) = by_kind(&fake);
+    let per_minute = |n: usize| n as f64 / minutes;
+    println!("bench_{key}_minutes {minutes:.2}");
+    println!("bench_{key}_lines {}", delays.len());
+    println!(
+        "bench_{key}_requests_per_minute {:.1}",
+        per_minute(state + output + other)
+    );
+    println!(
+        "bench_{key}_by_kind_per_minute state={:.1},output={:.1},other={:.1}",
+        per_minute(state),
+        per_minute(output),
+        per_minute(other)
+    );
+    println!("bench_{key}_token_requests {}", fake.count(Route::Token));
+    if !delays.is_empty() {
+        println!("bench_{key}_delay_median_s {:.2}", percentile(&delays, 0.5));
+        println!("bench_{key}_delay_p95_s {:.2}", percentile(&delays, 0.95));
+        println!(
+            "bench_{key}_delay_max_s {:.2}",
+            delays.last().copied().unwrap_or(f64::NAN)
+        );
+    }
     let end_to_exit = end_stamp.map(|end| exited - end).unwrap_or(f64::NAN);
-    println!("bench_minutes {job_minutes:.2}");
-    println!("bench_lines {seen}");
-    println!("bench_requests_total {all}");
-    println!("bench_requests_per_minute {:.1}", all as f64 / job_minutes);
-    println!(
-        "bench_job_reads_per_minute {:.1}",
-        job_reads as f64 / job_minutes
+    println!("bench_{key}_end_to_exit_s {end_to_exit:.2}");
+}
+
+/// A CI-like job of about 3 minutes and 320 lines: lines every 0.25 s for
+/// 15 s, a burst of 100, a quiet minute, 20 slow lines 3 s apart, 30 s of
+/// quiet, a burst of 100, 40 lines 0.5 s apart; then a job silent for
+/// `BENCH_QUIET_MINUTES` (default 10).
+#[test]
+#[ignore = "a benchmark: run it with bench/run"]
+fn bench_streaming() {
+    let mixed = r#"s() { echo "stamp $(date +%s.%N) $1"; }
+for i in $(seq 1 60); do s a$i; sleep 0.25; done
+for i in $(seq 1 100); do s b$i; done
+sleep 60
+for i in $(seq 1 20); do s c$i; sleep 3; done
+sleep 30
+for i in $(seq 1 100); do s d$i; done
+for i in $(seq 1 40); do s e$i; sleep 0.5; done
+echo "end $(date +%s.%N)""#;
+    stream_run("mixed", mixed);
+    let quiet: f64 = std::env::var("BENCH_QUIET_MINUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10.0);
+    let seconds = (quiet * 60.0).round() as u64;
+    stream_run(
+        "quiet",
+        &format!("sleep {seconds}\necho \"end $(date +%s.%N)\""),
     );
-    println!(
-        "bench_output_reads_per_minute {:.1}",
-        tails as f64 / job_minutes
-    );
-    println!("bench_token_requests {tokens}");
-    println!("bench_delay_median_s {:.2}", percentile(&delays, 0.5));
-    println!("bench_delay_p95_s {:.2}", percentile(&delays, 0.95));
-    println!(
-        "bench_delay_max_s {:.2}",
-        delays.last().copied().unwrap_or(f64::NAN)
-    );
-    println!("bench_end_to_exit_s {end_to_exit:.2}");
-    println!("bench_wall_s {:.1}", started.elapsed().as_secs_f64());
 }
 
 /// One whole run for the output benchmark: `commands` on a double with

@@ -1,6 +1,6 @@
 //! Whole runs of the real binary against the FirecREST double: every row of
 //! the exit table, exact streaming, artifacts, cleanup, the 404 grace,
-//! cancellation by a real signal, request counts.
+//! cancellation by a real signal, request counts of a busy and a quiet job.
 
 use std::time::{Duration, Instant};
 
@@ -375,6 +375,31 @@ fn a_workspace_over_the_threshold_goes_through_s3() {
     assert!(fake.count(Route::S3Complete) == 1);
 }
 
+/// The double's requests, as (seconds since it started, route).
+fn requests(fake: &FakeFirecrest) -> Vec<(f64, Route)> {
+    fake.log()
+        .iter()
+        .map(|e| (e.at.as_secs_f64(), e.route))
+        .collect()
+}
+
+/// When the requests of `route` came, in seconds.
+fn times(requests: &[(f64, Route)], route: Route) -> Vec<f64> {
+    requests
+        .iter()
+        .filter(|(_, r)| *r == route)
+        .map(|(at, _)| *at)
+        .collect()
+}
+
+/// Requests of `route` (all routes: `None`) in `from..to` seconds.
+fn count_in(requests: &[(f64, Route)], route: Option<Route>, from: f64, to: f64) -> usize {
+    requests
+        .iter()
+        .filter(|(at, r)| (from..to).contains(at) && route.is_none_or(|route| *r == route))
+        .count()
+}
+
 #[test]
 fn a_long_job_costs_few_requests() {
     let fake = FakeFirecrest::start();
@@ -389,15 +414,66 @@ fn a_long_job_costs_few_requests() {
     assert_eq!(out.code, 0, "{}", out.both());
     let ticks = lines_with(&out.stdout, "tick ");
     assert_eq!(ticks.len(), 400, "every line once");
-    let job_reads = fake.count(Route::JobGet);
-    let tails = fake.count(Route::OpsTail);
+    let log = requests(&fake);
+    let tails = times(&log, Route::OpsTail);
+    // While the output flows (from the first tail to the last), the state
+    // is read by the safety net only: every 30 s.
+    let (first, last) = (tails[0], tails[tails.len() - 1]);
+    let flowing = count_in(&log, Some(Route::JobGet), first + 1.0, last - 1.0);
+    let allowed = ((last - first) / 30.0).floor() as usize + 1;
+    assert!(
+        flowing <= allowed,
+        "{flowing} state reads in {:.0} s of output",
+        last - first
+    );
+    // While it flows: one read a second (a stat and a tail) and the
+    // safety net; over the whole run, a few state reads a minute.
+    let per_minute = count_in(&log, None, first, last) as f64 / (last - first) * 60.0;
     let minutes = out.elapsed.as_secs_f64() / 60.0;
-    let per_minute = (job_reads + tails) as f64 / minutes;
+    let state_per_minute = fake.count(Route::JobGet) as f64 / minutes;
     eprintln!(
-        "requests: {job_reads} job reads, {tails} tails in {:?} = {per_minute:.0}/min",
+        "requests: {per_minute:.0}/min while the output flowed, {state_per_minute:.1} state reads/min in {:?}",
         out.elapsed
     );
-    assert!(per_minute < 80.0, "{per_minute:.0} requests per minute");
+    assert!(per_minute <= 130.0, "{per_minute:.0} requests per minute");
+    assert!(
+        state_per_minute <= 12.0,
+        "{state_per_minute:.1} state reads per minute"
+    );
+}
+
+#[test]
+fn a_quiet_job_costs_few_requests() {
+    let fake = FakeFirecrest::start();
+    let mut setup = Setup::firecrest(&fake, "quiet", "echo start; sleep 60; echo done");
+    setup.env.remove("FIRECREST_POLL_INTERVAL");
+    setup.env.remove("FIRECREST_LOG_INTERVAL");
+    let out = setup.run(Duration::from_secs(180));
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(out.stdout.contains("done"), "{}", out.stdout);
+    let log = requests(&fake);
+    // The silence: the longest gap between two tails that gave output.
+    let tails = times(&log, Route::OpsTail);
+    let (from, to) = tails
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .max_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)))
+        .expect("two tails");
+    assert!(to - from >= 55.0, "no silence between tails: {tails:?}");
+    // Backed off after 30 s of quiet: an output read every 10 s and the
+    // safety net's state read every 30 s, at most 10 requests a minute.
+    let settled = from + 35.0;
+    let requests = count_in(&log, None, settled, to);
+    let per_minute = requests as f64 / (to - settled) * 60.0;
+    eprintln!(
+        "{requests} requests in the last {:.0} s of a {:.0} s silence",
+        to - settled,
+        to - from
+    );
+    assert!(per_minute <= 10.0, "{per_minute:.1} requests per minute");
+    // The whole silence: the safety net only (every 30 s).
+    let states = count_in(&log, Some(Route::JobGet), from, to);
+    assert!(states <= 2, "{states} state reads in the silence");
 }
 
 #[test]
