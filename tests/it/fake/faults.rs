@@ -125,6 +125,8 @@ pub(crate) struct Faults {
     pub hidden_jobs: HashMap<String, Option<Duration>>,
     /// Each S3 part's first K PUT attempts answer 500.
     pub part_put_failures: u32,
+    /// S3 uploads' transfer jobs fail with this in their error log.
+    pub transfer_failure: Option<String>,
     pub part_attempts: HashMap<(String, u32), u32>,
     /// Reads (tail, view, head, download) of paths containing the text
     /// answer this status inside the window; `stat` still answers.
@@ -146,6 +148,7 @@ impl Faults {
             reset_next: Vec::new(),
             hidden_jobs: HashMap::new(),
             part_put_failures: 0,
+            transfer_failure: None,
             part_attempts: HashMap::new(),
             read_denials: Vec::new(),
         }
