@@ -6,7 +6,8 @@
 //! reads of large outputs (`large_output`, `fake_replay`); cancel and time
 //! limit as Slurm signals them (`signals`); what the CI log says, in order
 //! (`messages`); the container images, run as GitHub, GitLab and a plain
-//! `docker run` run them (`images`).
+//! `docker run` run them (`images`); the workspace upload's way, overlap and
+//! integrity (`upload_speed`).
 
 mod artifacts;
 mod bench;
@@ -23,3 +24,4 @@ mod local;
 mod messages;
 mod signals;
 mod slurm;
+mod upload_speed;

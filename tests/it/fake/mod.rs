@@ -56,6 +56,7 @@
 //! fake.hide_job("name", None);                                 // 404 forever (Some(d): for d)
 //! fake.fail_part_puts(2);                                      // each S3 part: first 2 PUTs -> 500
 //! fake.fail_transfers("boto3 said no");                        // S3 upload transfer jobs fail
+//! fake.corrupt_upload(3);                                      // the 3rd ops/upload from now: one byte flipped
 //! fake.expire_tokens_in(secs(20));                             // live tokens now "expire too soon"
 //! fake.clear_faults();
 //! ```
@@ -773,8 +774,15 @@ impl http::Handler for Core {
         });
     }
 
-    fn handle(&self, port: PortKind, req: Request) -> Reply {
+    fn handle(&self, port: PortKind, mut req: Request) -> Reply {
         let (route, system, job) = Route::classify(port, &req.method, &req.path);
+        if route == Route::OpsUpload && self.lock().faults.take_corrupt_upload() {
+            // In the middle of the body: the file's bytes, not the form's.
+            let middle = req.body.len() / 2;
+            if let Some(byte) = req.body.get_mut(middle) {
+                *byte ^= 0xff;
+            }
+        }
         let mut entry = LogEntry {
             at: self.started.elapsed(),
             port,
@@ -1074,6 +1082,12 @@ impl FakeFirecrest {
     /// The first `k` PUT attempts of every S3 part answer 500.
     pub fn fail_part_puts(&self, k: u32) {
         self.core.lock().faults.part_put_failures = k;
+    }
+
+    /// The `n`-th `ops/upload` from now on (1: the next) stores its file
+    /// with one byte flipped, as a corrupting proxy would.
+    pub fn corrupt_upload(&self, n: u32) {
+        self.core.lock().faults.corrupt_upload = Some(n);
     }
 
     /// S3 uploads' transfer jobs end FAILED (exit 1) once their object is
