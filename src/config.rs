@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::sbatch;
 use crate::secret::Secret;
+pub use crate::transfer::TransferThreshold;
 
 /// One input of the tool, as every platform names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,8 +333,8 @@ pub const INPUTS: &[InputSpec] = &[
         "transfer-threshold",
         "FIRECREST_TRANSFER_THRESHOLD",
         "",
-        "256MiB",
-        "archives larger than this go through the S3 transfer instead of direct uploads",
+        "auto",
+        "when the S3 transfer carries the workspace instead of direct parts: auto (when the parts, at the rate measured on the first ones, would take clearly longer than S3 plus the transfer job's 60 s re-check), always-s3, never, or a size such as 2GiB",
     ),
     input(
         "compression-level",
@@ -559,8 +560,8 @@ pub struct Connection {
     /// Absolute, without a trailing slash; `None` lets the backend pick scratch.
     pub remote_dir: Option<String>,
     pub poll: PollSettings,
-    /// Archives larger than this many bytes go through the S3 transfer.
-    pub transfer_threshold: u64,
+    /// When the S3 transfer carries the workspace (see [`TransferThreshold`]).
+    pub transfer_threshold: TransferThreshold,
 }
 
 /// The validated configuration of one run. `Debug` is safe to log: every
@@ -603,8 +604,8 @@ pub struct Config {
     /// Absolute path of the local copy of the job's output.
     pub log_file: PathBuf,
     pub separate_stderr: bool,
-    /// Archives larger than this many bytes go through the S3 transfer.
-    pub transfer_threshold: u64,
+    /// When the S3 transfer carries the workspace (see [`TransferThreshold`]).
+    pub transfer_threshold: TransferThreshold,
     /// gzip level, 1..=9.
     pub compression_level: u32,
     /// Resubmissions allowed after the cluster lost the job (0 to 10).
@@ -958,9 +959,9 @@ fn connection(
             .parse(
                 "FIRECREST_TRANSFER_THRESHOLD",
                 raw.transfer_threshold.as_deref(),
-                parse_size,
+                parse_transfer_threshold,
             )
-            .unwrap_or(DEFAULT_TRANSFER_THRESHOLD),
+            .unwrap_or_default(),
     }
 }
 
@@ -1912,7 +1913,17 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
     })
 }
 
-const DEFAULT_TRANSFER_THRESHOLD: u64 = 256 * 1024 * 1024;
+/// `auto`, `always-s3`, `never`, or a size (see [`parse_size`]).
+fn parse_transfer_threshold(value: &str) -> Result<TransferThreshold, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(TransferThreshold::Auto),
+        "always-s3" => Ok(TransferThreshold::AlwaysS3),
+        "never" => Ok(TransferThreshold::Never),
+        _ => parse_size(value)
+            .map(TransferThreshold::Above)
+            .map_err(|err| format!("must be auto, always-s3, never, or a size: {err}")),
+    }
+}
 
 /// Bytes with an optional unit: B, KB/MB/GB/TB (powers of 1000) or
 /// KiB/MiB/GiB/TiB (powers of 1024), case-insensitive.
@@ -2258,7 +2269,7 @@ mod tests {
                 request_timeout: Duration::from_secs(45),
             }
         );
-        assert_eq!(c.transfer_threshold, 100_000_000);
+        assert_eq!(c.transfer_threshold, TransferThreshold::Above(100_000_000));
         assert_eq!(c.compression_level, 9);
         assert_eq!(c.retries, 2);
     }
@@ -2288,7 +2299,7 @@ mod tests {
         assert_eq!(c.poll.log_max_interval, Duration::from_secs(4));
         assert_eq!(c.poll.submit_grace, Duration::from_secs(120));
         assert_eq!(c.poll.request_timeout, Duration::from_secs(30));
-        assert_eq!(c.transfer_threshold, 256 * 1024 * 1024);
+        assert_eq!(c.transfer_threshold, TransferThreshold::Auto);
         assert_eq!(c.compression_level, 3);
     }
 
@@ -2571,14 +2582,35 @@ mod tests {
         ] {
             assert_eq!(
                 ok(&fx, &[("FIRECREST_TRANSFER_THRESHOLD", value)]).transfer_threshold,
+                TransferThreshold::Above(expected),
+                "{value}"
+            );
+        }
+        for (value, expected) in [
+            ("auto", TransferThreshold::Auto),
+            ("Always-S3", TransferThreshold::AlwaysS3),
+            ("never", TransferThreshold::Never),
+        ] {
+            assert_eq!(
+                ok(&fx, &[("FIRECREST_TRANSFER_THRESHOLD", value)]).transfer_threshold,
                 expected,
                 "{value}"
             );
         }
-        for bad in ["lots", "5 XB", "-1", "1.5GB", "MiB", "99999999999TiB", "5K"] {
+        for bad in [
+            "lots",
+            "5 XB",
+            "-1",
+            "1.5GB",
+            "MiB",
+            "99999999999TiB",
+            "5K",
+            "s3",
+        ] {
+            let message = problem(&fx, "FIRECREST_TRANSFER_THRESHOLD", bad);
             assert!(
-                problem(&fx, "FIRECREST_TRANSFER_THRESHOLD", bad).contains("256MiB"),
-                "{bad}"
+                message.contains("256MiB") && message.contains("always-s3"),
+                "{bad}: {message}"
             );
         }
     }

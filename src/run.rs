@@ -10,9 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::backend::{self, Backend, JobId, JobSpec, JobStatus, StagedWorkspace};
+use crate::backend::{
+    self, Backend, GrowingArchive, JobId, JobSpec, JobStatus, Packed, StagedWorkspace,
+};
 use crate::ci::Ci;
-use crate::config::{BackendKind, Config, Connection, Credentials, UserCommand};
+use crate::config::{BackendKind, Config, Connection, Credentials, TransferThreshold, UserCommand};
 use crate::handback;
 use crate::job::{Missing, OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
 use crate::outcome::{self, codes, Outcome};
@@ -65,33 +67,21 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         .tempdir()
         .context("failed to create a temporary directory for the workspace archive")?;
     let archive = scratch.path().join(ARCHIVE_NAME);
-    // The first requests (token, systems, the user's name) go out while the
-    // workspace is packed: a wrong URL or secret shows before packing a
-    // large workspace is done, and a small one starts sooner.
-    let contact = async {
-        match &config.remote_dir {
-            Some(dir) => backend.first_contact().await.map(|()| dir.clone()),
-            None => backend
-                .default_base_dir()
-                .await
-                .context("failed to find a base directory on the cluster"),
-        }
+    // Packing runs in the background from here on: while the first
+    // requests (token, systems, the user's name) reach the cluster, so that
+    // a wrong URL or secret shows before a large workspace is packed, and
+    // while the archive's first parts go up.
+    let packing = start_packing(&config, &archive);
+    let base = match &config.remote_dir {
+        Some(dir) => backend.first_contact().await.map(|()| dir.clone()),
+        None => backend
+            .default_base_dir()
+            .await
+            .context("failed to find a base directory on the cluster"),
     };
-    let packing = pack_workspace(&config, &ci, &archive);
-    tokio::pin!(contact, packing);
-    let (pack, base) = tokio::select! {
-        packed = &mut packing => (packed?, contact.await?),
-        reached = &mut contact => match reached {
-            Ok(base) => (packing.await?, base),
-            Err(err) => {
-                // Packing is abandoned: the archive goes with `scratch`,
-                // and the packing thread is not waited for (main's runtime
-                // shutdown gives it a second, then the process exits).
-                ci.group_end("pack");
-                return Err(err);
-            }
-        },
-    };
+    // On a failed first contact the packing is abandoned: the archive goes
+    // with `scratch`, the packing thread is not waited for.
+    let base = base?;
     if stopped(&stop).is_some() {
         return Ok(signal_code(&stop));
     }
@@ -120,7 +110,7 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
     };
 
     // From here on the run directory exists: every way out cleans it up.
-    let placed = place_workspace(&config, &ci, &remote, &archive, &stop).await;
+    let placed = place_workspace(&config, &ci, &remote, packing.archive.clone(), &stop).await;
     let staged = match placed {
         Ok(Some(staged)) => staged,
         Ok(None) => {
@@ -131,6 +121,17 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
             if config.cleanup.should_remove(false) {
                 remote.cleanup().await;
             }
+            // A packing error explains a failed upload.
+            return Err(match packing.report().await {
+                Err(pack_err) => pack_err,
+                Ok(_) => err,
+            });
+        }
+    };
+    let pack = match packing.report().await {
+        Ok(pack) => pack,
+        Err(err) => {
+            remote.cleanup().await;
             return Err(err);
         }
     };
@@ -347,6 +348,49 @@ async fn pack_workspace(config: &Config, ci: &Ci, archive: &Path) -> Result<Pack
     Ok(report)
 }
 
+/// The workspace being packed in the background.
+struct Packing {
+    archive: GrowingArchive,
+    task: tokio::task::JoinHandle<Result<PackReport>>,
+}
+
+impl Packing {
+    /// What packing made, once it ended.
+    async fn report(self) -> Result<PackReport> {
+        self.task.await.context("the packing task failed")?
+    }
+}
+
+/// Starts packing into `archive`; the uploader follows the bytes written.
+fn start_packing(config: &Config, archive: &Path) -> Packing {
+    let options = pack_options(config);
+    let out = archive.to_path_buf();
+    let (tx, rx) = tokio::sync::watch::channel(Packed::Writing(0));
+    let tx = Arc::new(tx);
+    let written = tx.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let report = workspace::pack_watched(&options, &out, move |n| {
+            written.send_replace(Packed::Writing(n));
+        });
+        match &report {
+            Ok(report) => {
+                // Logged here, when it happens, to be read in order with
+                // the upload's lines.
+                tracing::info!("{}", describe_pack(report));
+                tx.send_replace(Packed::Done(report.bytes_out));
+            }
+            Err(_) => {
+                tx.send_replace(Packed::Failed);
+            }
+        }
+        report
+    });
+    Packing {
+        archive: GrowingArchive::new(archive.to_path_buf(), rx),
+        task,
+    }
+}
+
 fn pack_options(config: &Config) -> PackOptions {
     PackOptions {
         root: config.workspace.clone(),
@@ -369,13 +413,14 @@ fn describe_pack(report: &PackReport) -> String {
     )
 }
 
-/// Creates the run directory and uploads the workspace and the forwarded
-/// environment; `Ok(None)` when CI stopped the run meanwhile.
+/// Creates the run directory and uploads the workspace (while it is packed)
+/// and the forwarded environment; `Ok(None)` when CI stopped the run
+/// meanwhile.
 async fn place_workspace(
     config: &Config,
     ci: &Ci,
     remote: &Remote<'_>,
-    archive: &Path,
+    archive: GrowingArchive,
     stop: &StopSignal,
 ) -> Result<Option<StagedWorkspace>> {
     remote
@@ -395,9 +440,9 @@ async fn place_workspace(
     if stopped(stop).is_some() {
         return Ok(None);
     }
-    ci.group_start("upload", "Uploading the workspace");
+    ci.group_start("upload", "Packing and uploading the workspace");
     let mut stop_rx = stop.clone();
-    let upload = remote.backend.upload_workspace(archive, &remote.run_dir);
+    let upload = remote.backend.upload_growing(archive, &remote.run_dir);
     let result = tokio::select! {
         result = upload => Some(result),
         _ = wait_for_stop(&mut stop_rx) => None,
@@ -1189,10 +1234,20 @@ fn plan_steps(config: &Config, run_dir: &str) -> Vec<String> {
                     config.env_vars.len()
                 ));
             }
+            let s3 = match config.transfer_threshold {
+                TransferThreshold::Auto => {
+                    "when the parts, at the rate measured on the first ones, \
+                    would take clearly longer than S3 and the transfer job's 60 s re-check"
+                        .to_string()
+                }
+                TransferThreshold::AlwaysS3 => "always".to_string(),
+                TransferThreshold::Never => "never".to_string(),
+                TransferThreshold::Above(size) => format!("above {}", format_bytes(size)),
+            };
             steps.push(format!(
-                "POST /filesystem/{system}/ops/upload {ARCHIVE_NAME} (in parts above the server's limit; \
-                 through POST /filesystem/{system}/transfer/upload and S3 above {})",
-                format_bytes(config.transfer_threshold)
+                "POST /filesystem/{system}/ops/upload {ARCHIVE_NAME} (in parts above the server's limit, \
+                 started while packing; the rest through POST /filesystem/{system}/transfer/upload \
+                 and S3: {s3})"
             ));
             steps.push(format!(
                 "POST /compute/{system}/jobs (job {})",

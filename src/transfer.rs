@@ -1,12 +1,16 @@
 //! Choosing how bytes cross to and from the cluster through FirecREST:
 //! direct `ops/upload` within the server's size limit, parts just under the
-//! limit (reassembled by the batch job) above it, and the S3-staged transfer
-//! for archives beyond a threshold; and how a job's output is read in pieces
+//! limit (reassembled by the batch job) above it, started while the archive
+//! is still being packed, and the S3-staged transfer for the rest of an
+//! archive when the parts, at the rate measured on the first ones, would take
+//! clearly longer than S3 plus the transfer job's 60 s re-check (see
+//! [`rest_way`]); and how a job's output is read in pieces
 //! the server's buffer can hold, byte-exact although its replies are
 //! lossily decoded text. Pure decisions here, unit tested; the calls
 //! themselves live in `backend/firecrest.rs`.
 
 use std::ops::Range;
+use std::time::Duration;
 
 /// Bytes left free under `max_ops_file_size` for a part: the limit is checked
 /// on the uploaded file, so a part just under it is accepted.
@@ -18,6 +22,97 @@ pub const PARALLEL_UPLOADS: usize = 4;
 
 /// Below this, parts are not worth it even when a 413 asks for smaller ones.
 pub const MIN_PART_SIZE: u64 = 64 * 1024;
+
+/// `transfer-threshold`: when the S3-staged transfer is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransferThreshold {
+    /// By expected time (see [`rest_way`]): the default.
+    #[default]
+    Auto,
+    /// Every archive larger than one direct upload.
+    AlwaysS3,
+    /// Parts only, whatever the size.
+    Never,
+    /// Archives larger than this many bytes.
+    Above(u64),
+}
+
+/// What the S3 way costs before its bytes count: FirecREST's transfer job
+/// starts (about 1 s) and, finding the object incomplete (it looks before
+/// the parts are up on an idle cluster), sleeps 60 s before it looks again
+/// (the server's `job_s3_downloader.sh`; issue 16).
+pub const S3_PICKUP: Duration = Duration::from_secs(61);
+
+/// S3's rate is not known before S3 is used: assume what the real server's
+/// S3 did in issue 16 (a 61 MB archive up in about 1 s: 2.7 s to
+/// "submitted", less 1.1 s packing and 0.6 s of first contact and mkdir),
+/// about 60 MB/s.
+pub const S3_ASSUMED_RATE: f64 = 60e6;
+
+/// "Clearly longer": S3 is used only when the parts are expected to take
+/// this many times as long as S3 and its pickup.
+pub const S3_MARGIN: f64 = 1.25;
+
+/// The direct-part rate is measured once this many parts are up (the first
+/// wave of parallel uploads: earlier, the parts in flight share the link and
+/// the rate looks slower than it is).
+pub const RATE_AFTER_PARTS: usize = PARALLEL_UPLOADS;
+
+/// How the bytes of the archive not yet given to a part go up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestWay {
+    /// More direct parts.
+    Parts,
+    /// One S3-staged object holding all the rest.
+    S3,
+    /// Start no new part: the choice needs the archive's final size.
+    Wait,
+}
+
+/// Chooses the way for the rest of the archive. `total`: its final size
+/// once packing ended;
+/// `remaining`: bytes not yet given to a part; `rate`: bytes per second the
+/// direct parts moved, once measured. `s3`: the server has S3. An S3 upload
+/// needs the size of what it carries up front, so S3 is chosen only once
+/// `total` is known. The overrides (`always-s3`, a size) choose for the whole
+/// archive, so they start no part before packing ended.
+pub fn rest_way(
+    threshold: TransferThreshold,
+    s3: bool,
+    total: Option<u64>,
+    remaining: u64,
+    rate: Option<f64>,
+) -> RestWay {
+    let s3_when_known = if total.is_some() {
+        RestWay::S3
+    } else {
+        RestWay::Wait
+    };
+    match threshold {
+        _ if !s3 || remaining == 0 => RestWay::Parts,
+        TransferThreshold::Never => RestWay::Parts,
+        // A size names the whole archive's way: it is known once packed.
+        TransferThreshold::AlwaysS3 => s3_when_known,
+        TransferThreshold::Above(_) if total.is_none() => RestWay::Wait,
+        TransferThreshold::Above(limit) if total > Some(limit) => RestWay::S3,
+        TransferThreshold::Above(_) => RestWay::Parts,
+        TransferThreshold::Auto => match (total, rate) {
+            (Some(_), Some(rate)) if s3_saves_time(remaining, rate) => RestWay::S3,
+            _ => RestWay::Parts,
+        },
+    }
+}
+
+/// Whether `remaining` bytes at the measured direct `rate` would take
+/// clearly longer than S3 at its assumed rate plus its pickup:
+/// `remaining / rate > S3_MARGIN * (S3_PICKUP + remaining / S3_ASSUMED_RATE)`.
+/// With parts at 35 MB/s that is above about 10 GB; at 5 MB/s above about
+/// 430 MB.
+pub fn s3_saves_time(remaining: u64, rate: f64) -> bool {
+    let parts = remaining as f64 / rate.max(1.0);
+    let s3 = S3_PICKUP.as_secs_f64() + remaining as f64 / S3_ASSUMED_RATE;
+    parts > S3_MARGIN * s3
+}
 
 /// The way an archive of a given size goes up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,6 +510,54 @@ mod tests {
             choose_upload(2 << 30, LIMIT, 1 << 30, false),
             UploadWay::Parts { .. }
         ));
+    }
+
+    #[test]
+    fn auto_uses_s3_only_when_the_parts_would_take_clearly_longer() {
+        let auto = |remaining: u64, rate: f64| {
+            rest_way(
+                TransferThreshold::Auto,
+                true,
+                Some(remaining),
+                remaining,
+                Some(rate),
+            )
+        };
+        // 35 MB/s: 1 GB of parts is 29 s, far under S3's 61 s pickup.
+        assert_eq!(auto(1_000_000_000, 35e6), RestWay::Parts);
+        // S3's own 60 MB/s is not much faster: it pays above about 10 GB.
+        assert_eq!(auto(9_000_000_000, 35e6), RestWay::Parts);
+        assert_eq!(auto(11_000_000_000, 35e6), RestWay::S3);
+        // At 5 MB/s, above about 430 MB.
+        assert_eq!(auto(400_000_000, 5e6), RestWay::Parts);
+        assert_eq!(auto(460_000_000, 5e6), RestWay::S3);
+        // A slow link: 16 MB at 150 kB/s is 107 s.
+        assert_eq!(auto(16_000_000, 150e3), RestWay::S3);
+        assert_eq!(auto(16_000_000, 1e6), RestWay::Parts);
+        // Not measured yet, or the size not known yet: keep going with parts.
+        let early = rest_way(TransferThreshold::Auto, true, None, 9, Some(1.0));
+        assert_eq!(early, RestWay::Parts);
+        let unmeasured = rest_way(TransferThreshold::Auto, true, Some(9), 9, None);
+        assert_eq!(unmeasured, RestWay::Parts);
+        // Without S3 on the server, parts whatever the rate.
+        let no_s3 = rest_way(TransferThreshold::Auto, false, Some(9), 9, Some(1.0));
+        assert_eq!(no_s3, RestWay::Parts);
+    }
+
+    #[test]
+    fn overrides_choose_by_size_and_wait_for_it_when_s3_is_due() {
+        use TransferThreshold::*;
+        assert_eq!(rest_way(Never, true, Some(9), 9, Some(1.0)), RestWay::Parts);
+        assert_eq!(rest_way(AlwaysS3, true, None, 9, None), RestWay::Wait);
+        assert_eq!(rest_way(AlwaysS3, true, Some(9), 9, None), RestWay::S3);
+        assert_eq!(rest_way(Above(100), true, None, 50, None), RestWay::Wait);
+        assert_eq!(rest_way(Above(100), true, Some(200), 50, None), RestWay::S3);
+        assert_eq!(
+            rest_way(Above(100), true, Some(90), 50, None),
+            RestWay::Parts
+        );
+        // Nothing left: nothing to choose.
+        assert_eq!(rest_way(AlwaysS3, true, Some(9), 0, None), RestWay::Parts);
     }
 
     #[test]

@@ -189,6 +189,17 @@ impl std::fmt::Display for SkippedEntry {
 /// Fails as a whole (and removes `out`) if any file that should be packed
 /// cannot be read: a partial workspace must never reach the cluster.
 pub fn pack(opts: &PackOptions, out: &Path) -> Result<PackReport> {
+    pack_watched(opts, out, |_| {})
+}
+
+/// [`pack`], calling `written` with the number of archive bytes in the file
+/// each time more reach it: the bytes below that count are final, so an
+/// uploader can send them while later ones are still being compressed.
+pub fn pack_watched(
+    opts: &PackOptions,
+    out: &Path,
+    written: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<PackReport> {
     let started = Instant::now();
     if opts.level > 9 {
         bail!("invalid compression level {}: use 0 to 9", opts.level);
@@ -225,7 +236,7 @@ pub fn pack(opts: &PackOptions, out: &Path) -> Result<PackReport> {
 
     let file =
         File::create(out).with_context(|| format!("failed to create archive {}", out.display()))?;
-    let sink = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
+    let sink = BufWriter::with_capacity(256 * 1024, HashingWriter::new(file, Box::new(written)));
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -248,7 +259,12 @@ pub fn pack(opts: &PackOptions, out: &Path) -> Result<PackReport> {
         .into_inner()
         .context("failed to finish the tar stream")
         .and_then(|NoFlush(mut gz)| gz.finish().context("failed to finish gzip compression"));
-    let result = walked.and(closed).and_then(|sink| sink.finish());
+    let result = walked.and(closed).and_then(|sink| {
+        sink.into_inner()
+            .map_err(|err| err.into_error())
+            .context("failed to write the archive")?
+            .finish()
+    });
     let (bytes_out, sha256) = match result {
         Ok(done) => done,
         Err(err) => {
@@ -651,19 +667,22 @@ impl<W: Write> Write for NoFlush<W> {
     }
 }
 
-/// Hashes and counts the compressed bytes on their way to the file.
+/// Hashes and counts the compressed bytes as they reach the file, and says
+/// how many are there.
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     written: u64,
+    notify: Box<dyn Fn(u64) + Send + Sync>,
 }
 
 impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
+    fn new(inner: W, notify: Box<dyn Fn(u64) + Send + Sync>) -> Self {
         Self {
             inner,
             hasher: Sha256::new(),
             written: 0,
+            notify,
         }
     }
 
@@ -678,6 +697,7 @@ impl<W: Write> Write for HashingWriter<W> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
+        (self.notify)(self.written);
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {

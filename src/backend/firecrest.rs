@@ -14,20 +14,24 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Mutex, OnceCell};
 
 use super::{
-    Backend, CheckRow, JobId, JobSpec, JobStatus, OutputChunk, StagedWorkspace, SubmitRejected,
+    Backend, CheckRow, GrowingArchive, JobId, JobSpec, JobStatus, OutputChunk, Packed,
+    StagedWorkspace, SubmitRejected,
 };
 use crate::config::{Credentials, FirecrestSettings, PollSettings};
 use crate::firecrest::models::{JobDescription, TransferJob};
 use crate::firecrest::retry::{Rejection, RetryPolicy};
 use crate::firecrest::{ApiError, AuthSource, Client, ClientSettings, TokenObserver, UploadSource};
 use crate::progress::Progress;
-use crate::transfer::{self, TailReading, UploadWay};
+use crate::transfer::{self, RestWay, TailReading, TransferThreshold};
 
 /// A progress line at most this often during long uploads.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The server's limit when `/status/systems` does not say (FirecREST's default).
 const DEFAULT_MAX_OPS_FILE_SIZE: u64 = 5 * 1024 * 1024;
+
+/// The longest pause between two looks at a transfer job the run waits for.
+const TRANSFER_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long to wait for an S3 transfer job before giving up.
 const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
@@ -51,7 +55,7 @@ struct Snapshot {
 /// Cluster access through a FirecREST v2 deployment.
 pub struct FirecrestBackend {
     client: Client,
-    transfer_threshold: u64,
+    transfer_threshold: TransferThreshold,
     facts: OnceCell<SystemFacts>,
     snapshots: Mutex<std::collections::HashMap<String, Snapshot>>,
     reads: Mutex<std::collections::HashMap<String, ReadState>>,
@@ -139,7 +143,7 @@ impl FirecrestBackend {
     pub fn new(
         settings: &FirecrestSettings,
         poll: &PollSettings,
-        transfer_threshold: u64,
+        transfer_threshold: TransferThreshold,
         token_observer: TokenObserver,
     ) -> Result<Self> {
         let auth = match &settings.credentials {
@@ -166,7 +170,7 @@ impl FirecrestBackend {
     }
 
     /// A backend over an existing client (tests build their own).
-    pub fn from_client(client: Client, transfer_threshold: u64) -> Self {
+    pub fn from_client(client: Client, transfer_threshold: TransferThreshold) -> Self {
         Self {
             client,
             transfer_threshold,
@@ -264,8 +268,16 @@ impl FirecrestBackend {
         }
     }
 
-    async fn upload_staged(&self, archive: &Path, dir: &str, size: u64) -> Result<StagedWorkspace> {
-        let target = format!("{dir}/workspace.tar.gz");
+    /// Uploads `size` bytes of `archive` from `offset` on through S3 as
+    /// `dir/name`; returns the transfer job that moves them into place.
+    async fn upload_staged(
+        &self,
+        archive: &Path,
+        dir: &str,
+        (offset, size): (u64, u64),
+        name: &str,
+    ) -> Result<JobId> {
+        let target = format!("{dir}/{name}");
         let reply = self
             .client
             .transfer_upload(&target, size)
@@ -279,7 +291,10 @@ impl FirecrestBackend {
             .filter(|&s| s > 0)
             .context("the server's S3 upload directives have no maxPartSize")?;
         let urls = directives.parts_upload_urls.clone();
-        let ranges = transfer::part_ranges(size, part_size);
+        let ranges: Vec<Range<u64>> = transfer::part_ranges(size, part_size)
+            .into_iter()
+            .map(|r| r.start + offset..r.end + offset)
+            .collect();
         if urls.len() != ranges.len() {
             bail!(
                 "the server gave {} S3 part URLs for {} parts of {part_size} bytes",
@@ -314,10 +329,124 @@ impl FirecrestBackend {
             .s3_complete_upload(complete, &etags)
             .await
             .context("failed to complete the S3 upload")?;
-        Ok(StagedWorkspace {
-            parts: vec!["workspace.tar.gz".to_string()],
-            transfer_job: Some(job),
-        })
+        tracing::info!(
+            "waiting for FirecREST's transfer job {job} to pick up the upload \
+             (it re-checks every 60 s); the batch job starts once it has"
+        );
+        Ok(job)
+    }
+
+    /// Uploads the archive in direct parts as it is packed, at most
+    /// [`transfer::PARALLEL_UPLOADS`] in flight (each read from the file
+    /// into memory), and hands the rest to S3 when [`transfer::rest_way`]
+    /// says so. Returns the file names in order and the transfer job.
+    async fn upload_streaming(
+        &self,
+        archive: &mut GrowingArchive,
+        dir: &str,
+        facts: &SystemFacts,
+    ) -> Result<StagedWorkspace> {
+        let part_size = transfer::part_size_for(facts.max_ops_file_size);
+        let path = archive.path.clone();
+        let path = &path;
+        tracing::info!(
+            "uploading the workspace in parts of up to {} while it is packed",
+            crate::progress::format_bytes(part_size)
+        );
+        let mut progress = Progress::new("upload", None, PROGRESS_EVERY);
+        let mut in_flight = stream::FuturesUnordered::new();
+        let mut names: Vec<String> = Vec::new();
+        let mut meter = RateMeter::default();
+        loop {
+            let packed = archive.now();
+            let (written, total) = match packed {
+                Packed::Writing(n) => (n, None),
+                Packed::Done(n) => (n, Some(n)),
+                Packed::Failed => bail!("packing the workspace failed"),
+            };
+            let committed = names.len() as u64 * part_size;
+            let remaining = total.unwrap_or(written).saturating_sub(committed);
+            if total.is_some() && remaining == 0 {
+                while let Some(done) = in_flight.next().await {
+                    let len: u64 = done?;
+                    progress.advance(len);
+                }
+                progress.finish();
+                return Ok(StagedWorkspace {
+                    parts: names,
+                    transfer_job: None,
+                });
+            }
+            let way = transfer::rest_way(
+                self.transfer_threshold,
+                facts.s3,
+                total,
+                remaining,
+                meter.rate(),
+            );
+            if way == RestWay::S3 {
+                while let Some(done) = in_flight.next().await {
+                    progress.advance(done?);
+                }
+                progress.finish();
+                if let Some(rate) = meter.rate() {
+                    tracing::info!(
+                        "direct parts move {}/s: the remaining {} go through S3 (expected \
+                         faster even with the transfer job's 60 s re-check)",
+                        crate::progress::format_bytes(rate as u64),
+                        crate::progress::format_bytes(remaining)
+                    );
+                }
+                let name = if names.is_empty() {
+                    "workspace.tar.gz".to_string()
+                } else {
+                    transfer::part_name("workspace.tar.gz", names.len())
+                };
+                let job = self
+                    .upload_staged(path, dir, (committed, remaining), &name)
+                    .await?;
+                names.push(name);
+                return Ok(StagedWorkspace {
+                    parts: names,
+                    transfer_job: Some(job),
+                });
+            }
+            let ready = written >= committed + part_size || total.is_some();
+            if way == RestWay::Parts && ready && in_flight.len() < transfer::PARALLEL_UPLOADS {
+                let index = names.len();
+                let end = (committed + part_size).min(total.unwrap_or(u64::MAX));
+                let name = transfer::part_name("workspace.tar.gz", index);
+                tracing::debug!(
+                    "part {}: upload of archive bytes {committed}..{end} started ({})",
+                    index + 1,
+                    match total {
+                        Some(_) => "packing done".to_string(),
+                        None => format!("{written} bytes packed so far"),
+                    }
+                );
+                names.push(name.clone());
+                meter.started();
+                in_flight.push(async move {
+                    let bytes = read_range(path, committed, end - committed).await?;
+                    self.client
+                        .upload(dir, &name, &UploadSource::Bytes(bytes))
+                        .await
+                        .with_context(|| {
+                            format!("failed to upload workspace part {} to {dir}", index + 1)
+                        })?;
+                    anyhow::Ok(end - committed)
+                });
+                continue;
+            }
+            tokio::select! {
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    let len = done?;
+                    meter.finished(len, in_flight.is_empty());
+                    progress.advance(len);
+                }
+                changed = archive.changed(), if total.is_none() => { changed?; }
+            }
+        }
     }
 
     /// Reads a file too large for one download from the parts the job cut
@@ -438,10 +567,12 @@ impl FirecrestBackend {
         }
     }
 
-    /// Waits for a transfer job; its error log explains a failure.
+    /// Waits for a transfer job; its error log explains a failure. Polled
+    /// at most [`TRANSFER_POLL`] apart, so its end is noticed within about a
+    /// second (the job itself may sleep 60 s between its own checks).
     async fn wait_transfer(&self, job: &str, logs_error: &str) -> Result<()> {
         let started = std::time::Instant::now();
-        let mut delay = std::time::Duration::from_secs(1);
+        let mut delay = std::time::Duration::from_millis(250);
         loop {
             if let Some(found) = self.client.job(job).await? {
                 let status = JobStatus::from(&found);
@@ -469,7 +600,7 @@ impl FirecrestBackend {
                 );
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            delay = (delay * 2).min(TRANSFER_POLL);
         }
     }
 
@@ -785,6 +916,45 @@ impl tokio::io::AsyncWrite for LimitedWriter<'_> {
     }
 }
 
+/// The direct-part rate: bytes of finished parts over the time any part
+/// was in flight (waits for the packer do not count), reported once
+/// [`transfer::RATE_AFTER_PARTS`] parts are up.
+#[derive(Debug, Default)]
+struct RateMeter {
+    parts: usize,
+    bytes: u64,
+    busy: std::time::Duration,
+    busy_since: Option<std::time::Instant>,
+}
+
+impl RateMeter {
+    fn started(&mut self) {
+        self.busy_since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// A part of `len` bytes is up; `idle`: none is in flight any more.
+    fn finished(&mut self, len: u64, idle: bool) {
+        self.parts += 1;
+        self.bytes += len;
+        if idle {
+            if let Some(since) = self.busy_since.take() {
+                self.busy += since.elapsed();
+            }
+        }
+    }
+
+    fn rate(&self) -> Option<f64> {
+        if self.parts < transfer::RATE_AFTER_PARTS {
+            return None;
+        }
+        let busy = self.busy
+            + self
+                .busy_since
+                .map_or_else(Default::default, |s| s.elapsed());
+        Some(self.bytes as f64 / busy.as_secs_f64().max(1e-3))
+    }
+}
+
 /// Runs `work` on each byte range of an upload, a few at a time, with a
 /// progress line every few seconds for long uploads.
 async fn for_each_part<T, F, Fut>(ranges: Vec<Range<u64>>, total: u64, work: F) -> Result<Vec<T>>
@@ -929,42 +1099,54 @@ impl Backend for FirecrestBackend {
             .await
             .with_context(|| format!("failed to read {}", archive.display()))?
             .len();
+        self.upload_growing(GrowingArchive::complete(archive.to_path_buf(), size), dir)
+            .await
+    }
+
+    async fn upload_growing(
+        &self,
+        mut archive: GrowingArchive,
+        dir: &str,
+    ) -> Result<StagedWorkspace> {
         let facts = self.facts().await?.clone();
-        match transfer::choose_upload(
-            size,
-            facts.max_ops_file_size,
-            self.transfer_threshold,
-            facts.s3,
-        ) {
-            UploadWay::Direct => {
-                let source = UploadSource::File(archive.to_path_buf());
+        let direct = facts
+            .max_ops_file_size
+            .saturating_sub(transfer::PART_MARGIN)
+            .max(1);
+        // One upload when the whole archive fits: known once packing ended
+        // or once more than that is packed.
+        let first = archive.written(direct + 1).await?;
+        let whole = |parts: Vec<String>| StagedWorkspace {
+            parts,
+            transfer_job: None,
+        };
+        let result = match first {
+            Packed::Done(size) if size <= direct => {
+                let source = UploadSource::File(archive.path.clone());
                 match self.client.upload(dir, "workspace.tar.gz", &source).await {
-                    Ok(()) => Ok(StagedWorkspace {
-                        parts: vec!["workspace.tar.gz".to_string()],
-                        transfer_job: None,
-                    }),
-                    Err(err) if is_too_large(&err) => {
-                        tracing::warn!(
-                            "the server refused the archive as too large; uploading it in parts"
-                        );
-                        let part_size = (size / 2).max(transfer::MIN_PART_SIZE);
-                        let parts = self.upload_parts(archive, dir, size, part_size).await?;
-                        Ok(StagedWorkspace {
-                            parts,
-                            transfer_job: None,
-                        })
-                    }
+                    Ok(()) => return Ok(whole(vec!["workspace.tar.gz".to_string()])),
                     Err(err) => Err(err),
                 }
             }
-            UploadWay::Parts { part_size, .. } => {
-                let parts = self.upload_parts(archive, dir, size, part_size).await?;
-                Ok(StagedWorkspace {
-                    parts,
-                    transfer_job: None,
-                })
+            _ => self.upload_streaming(&mut archive, dir, &facts).await,
+        };
+        match result {
+            Err(err) if is_too_large(&err) => {
+                // The server's real limit is lower than it said: smaller
+                // parts, once the archive is whole.
+                let size = archive.finished().await?;
+                let part_size = (transfer::part_size_for(facts.max_ops_file_size).min(size) / 2)
+                    .max(transfer::MIN_PART_SIZE);
+                tracing::warn!(
+                    "the server refused the archive as too large; uploading it in parts of {}",
+                    crate::progress::format_bytes(part_size)
+                );
+                let parts = self
+                    .upload_parts(&archive.path, dir, size, part_size)
+                    .await?;
+                Ok(whole(parts))
             }
-            UploadWay::Staged => self.upload_staged(archive, dir, size).await,
+            other => other,
         }
     }
 
@@ -1311,7 +1493,7 @@ mod tests {
             },
         })
         .unwrap();
-        FirecrestBackend::from_client(client, 1 << 30)
+        FirecrestBackend::from_client(client, TransferThreshold::Above(1 << 30))
     }
 
     /// A file of `size` bytes whose `tail` the server shows as `content`.
@@ -1534,7 +1716,7 @@ mod piece_tests {
             retry: RetryPolicy::default(),
         })
         .unwrap();
-        let backend = FirecrestBackend::from_client(client, 1 << 30);
+        let backend = FirecrestBackend::from_client(client, TransferThreshold::Above(1 << 30));
         let mut shown = Vec::new();
         let mut offset = 0;
         let mut stuck = 0;

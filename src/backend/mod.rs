@@ -3,9 +3,9 @@
 //! plain `bash` on this machine.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use async_trait::async_trait;
 
 pub mod firecrest;
@@ -82,6 +82,76 @@ pub struct StagedWorkspace {
     pub parts: Vec<String>,
     /// A transfer job the batch job must wait for, if the upload went through S3.
     pub transfer_job: Option<JobId>,
+}
+
+/// How far the workspace archive has been packed into its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packed {
+    /// This many bytes are in the file, final; more are coming.
+    Writing(u64),
+    /// Packing ended: the file holds the whole archive, this many bytes.
+    Done(u64),
+    /// Packing failed (the packer reports why): the file is no archive.
+    Failed,
+}
+
+/// The workspace archive while it is being packed: the bytes below what
+/// the packer reported are in the file and never change, so they can go
+/// up before packing ends.
+#[derive(Debug, Clone)]
+pub struct GrowingArchive {
+    pub path: PathBuf,
+    feed: tokio::sync::watch::Receiver<Packed>,
+}
+
+impl GrowingArchive {
+    /// An archive the packer reports on through `feed`.
+    pub fn new(path: PathBuf, feed: tokio::sync::watch::Receiver<Packed>) -> Self {
+        Self { path, feed }
+    }
+
+    /// An archive that is already whole.
+    pub fn complete(path: PathBuf, size: u64) -> Self {
+        let (_, feed) = tokio::sync::watch::channel(Packed::Done(size));
+        Self { path, feed }
+    }
+
+    /// What the packer said last.
+    pub fn now(&self) -> Packed {
+        *self.feed.borrow()
+    }
+
+    /// Waits until at least `bytes` are in the file or packing ended.
+    pub async fn written(&mut self, bytes: u64) -> Result<Packed> {
+        let seen = self
+            .feed
+            .wait_for(|p| !matches!(p, Packed::Writing(n) if *n < bytes))
+            .await
+            .map(|p| *p);
+        match seen {
+            Ok(Packed::Failed) | Err(_) => bail!("packing the workspace failed"),
+            Ok(packed) => Ok(packed),
+        }
+    }
+
+    /// Waits for the packer to say more; `Packed::Failed` is an error.
+    pub async fn changed(&mut self) -> Result<Packed> {
+        if matches!(self.now(), Packed::Writing(_)) {
+            let _ = self.feed.changed().await;
+        }
+        match self.now() {
+            Packed::Failed => bail!("packing the workspace failed"),
+            packed => Ok(packed),
+        }
+    }
+
+    /// Waits until packing ended; the archive's size.
+    pub async fn finished(&mut self) -> Result<u64> {
+        match self.written(u64::MAX).await? {
+            Packed::Done(size) => Ok(size),
+            _ => bail!("packing the workspace failed"),
+        }
+    }
 }
 
 /// The scheduler refused the job because of one of its inputs (a partition,
@@ -177,6 +247,17 @@ pub trait Backend: Send + Sync {
 
     /// Uploads the packed workspace into `dir`, choosing the way by size.
     async fn upload_workspace(&self, archive: &Path, dir: &str) -> Result<StagedWorkspace>;
+
+    /// Uploads the workspace archive while it is being packed. Backends that
+    /// copy files whole wait for the end of packing.
+    async fn upload_growing(
+        &self,
+        mut archive: GrowingArchive,
+        dir: &str,
+    ) -> Result<StagedWorkspace> {
+        archive.finished().await?;
+        self.upload_workspace(&archive.path, dir).await
+    }
 
     /// Submits the batch job; returns as soon as the scheduler accepted it.
     async fn submit(&self, job: &JobSpec) -> Result<JobId>;

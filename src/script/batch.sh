@@ -17,7 +17,7 @@
 #   _fci_artifacts_part_size  split the artifacts archive above this size ('' never)
 #   _fci_workspace          directory the archive is extracted into
 #   _fci_marker             written once the workspace is extracted
-#   _fci_keep_archive       1: keep the archive for a later attempt
+#   _fci_keep_archive       1: keep the archive's parts for a later attempt
 #   _fci_invalid            exit status for a missing or corrupt workspace
 #   _fci_kill_after         seconds the commands get after a signal before SIGKILL
 #   _fci_mode               inline (commands in _fci_commands) or script (_fci_script)
@@ -147,32 +147,49 @@ if [ -n "$_fci_env_file" ]; then
   fi
 fi
 
-_fci_sha256_ok() {
+# The SHA-256 of standard input, in hex.
+_fci_sha256() {
   if command -v sha256sum >/dev/null 2>&1; then
-    # Quiet by redirection, not --status: busybox's sha256sum (the -shell
-    # image) knows only -s, GNU's only --status.
-    printf '%s  %s\n' "$_fci_sha256" "$_fci_archive" | sha256sum -c - >/dev/null 2>&1
+    sha256sum | cut -d ' ' -f 1
   else
-    printf '%s  %s\n' "$_fci_sha256" "$_fci_archive" | shasum -a 256 -c --status -
+    shasum -a 256 | cut -d ' ' -f 1
   fi
+}
+# Reassembles, checks and extracts the workspace in one pass: the parts go
+# through `tee` to the checksum and to tar, which is drained so that tee
+# always passes every byte on. The marker is written only once the checksum
+# matched and tar succeeded; on a mismatch the extracted tree is removed.
+_fci_extract() {
+  local _fci_sum="$_fci_archive.sha256" _fci_got=
+  local -a _fci_rc
+  rm -f -- "$_fci_sum" "$_fci_sum.partial"
+  cat -- "${_fci_parts[@]}" \
+    | tee >(_fci_sha256 > "$_fci_sum.partial" && mv -f -- "$_fci_sum.partial" "$_fci_sum") \
+    | { tar -xzf - -C "$_fci_workspace"; _fci_t=$?; cat > /dev/null; exit "$_fci_t"; }
+  _fci_rc=("${PIPESTATUS[@]}")
+  wait "$!" 2>/dev/null
+  # bash before 4.4 cannot wait for a process substitution: give it 30 s.
+  for _ in $(seq 300); do [ -f "$_fci_sum" ] && break; sleep 0.1; done
+  [ -f "$_fci_sum" ] && _fci_got=$(cat -- "$_fci_sum")
+  rm -f -- "$_fci_sum" "$_fci_sum.partial"
+  [ "${_fci_rc[0]}" -eq 0 ] || _fci_fail "cannot read the workspace archive's ${#_fci_parts[@]} parts"
+  if [ "$_fci_got" != "$_fci_sha256" ]; then
+    rm -rf -- "$_fci_workspace"
+    _fci_fail "the workspace archive is corrupt: its SHA-256 does not match the uploaded archive's"
+  fi
+  [ "${_fci_rc[2]}" -eq 0 ] || _fci_fail "cannot extract the workspace archive (see tar's message above)"
 }
 if [ -f "$_fci_marker" ] && [ -d "$_fci_workspace" ]; then
   _fci_say "job restarted: reusing the workspace extracted at its first start"
 else
-  if [ ! -f "$_fci_archive" ]; then
-    for _fci_p in "${_fci_parts[@]}"; do
-      [ -f "$_fci_p" ] || _fci_fail "workspace archive part $_fci_p is missing: the upload did not complete"
-    done
-    { cat -- "${_fci_parts[@]}" > "$_fci_archive.partial" && mv -f -- "$_fci_archive.partial" "$_fci_archive"; } \
-      || _fci_fail "cannot reassemble the workspace archive from ${#_fci_parts[@]} parts (disk full?)"
-    rm -f -- "${_fci_parts[@]}"
-  fi
-  _fci_sha256_ok || _fci_fail "the workspace archive is corrupt: its SHA-256 does not match the uploaded archive's"
+  for _fci_p in "${_fci_parts[@]}"; do
+    [ -f "$_fci_p" ] || _fci_fail "workspace archive part $_fci_p is missing: the upload did not complete"
+  done
   { rm -rf -- "$_fci_workspace" && mkdir -- "$_fci_workspace"; } || _fci_fail "cannot create $_fci_run_dir/$_fci_workspace"
-  tar -xzf "$_fci_archive" -C "$_fci_workspace" || _fci_fail "cannot extract the workspace archive (see tar's message above)"
+  _fci_extract
   : > "$_fci_marker"
-  # A later attempt (a retry after the cluster lost the job) extracts it again.
-  [ "$_fci_keep_archive" = 1 ] || rm -f -- "$_fci_archive"
+  # A later attempt (a retry after the cluster lost the job) extracts them again.
+  [ "$_fci_keep_archive" = 1 ] || rm -f -- "${_fci_parts[@]}"
   _fci_files=$(find "$_fci_workspace" -type f -print0 | tr -cd '\0' | wc -c)
   _fci_say "workspace ready ($((_fci_files)) files)"
 fi

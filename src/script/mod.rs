@@ -990,6 +990,9 @@ mod tests {
             "{stderr}"
         );
         assert!(!text(&out.stdout).contains("hi\n"));
+        // Nothing that looks like an extracted workspace is left.
+        assert!(!run.dir.join(EXTRACTED_MARKER).exists());
+        assert!(!run.dir.join(WORKSPACE_DIR).exists());
 
         // A missing part says so.
         let run = run_dir_with(&[("a.txt", "a\n", 0o644)], 2);

@@ -227,3 +227,61 @@ fn bench_output() {
     println!("bench_trivial_end_to_exit_median_s {:.2}", trivial[2]);
     println!("bench_trivial_end_to_exit_max_s {:.2}", trivial[4]);
 }
+
+/// One whole run of the workspace at `workspace` on a latency-mode double;
+/// seconds, the way the upload took, and the tool's peak RSS in KiB.
+fn bench_upload_run(workspace: &std::path::Path, threshold: &str) -> (f64, &'static str, u64) {
+    use crate::fake::Settings;
+    let fake = FakeFirecrest::start_with(Settings::latency());
+    let mut setup = Setup::firecrest(&fake, "bench-upload", "echo bench-done");
+    setup
+        .set("FIRECREST_WORKSPACE", workspace.display().to_string())
+        .set("FIRECREST_TRANSFER_THRESHOLD", threshold);
+    let started = Instant::now();
+    let child = setup.spawn();
+    let (out, rss) =
+        crate::harness::wait_sampling_peak_rss(child, std::time::Duration::from_secs(900), started);
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(out.stdout.contains("bench-done"), "{}", out.both());
+    let way = if fake.count(Route::TransferUpload) > 0 {
+        "s3"
+    } else {
+        "parts"
+    };
+    (out.elapsed.as_secs_f64(), way, rss)
+}
+
+/// The upload benchmark: an 89 MB workspace (60 MB random, 3,000 text
+/// files) five times under the default choice; 300 MB and 1 GB of random
+/// data each way (parts, S3) and under the default choice; all end to end
+/// on the double's latency mode (the real server's timings).
+#[test]
+#[ignore = "a benchmark: run it with bench/run"]
+fn bench_upload() {
+    use crate::harness::random_file;
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("src");
+    std::fs::create_dir_all(&text).unwrap();
+    for i in 0..3000 {
+        let line = format!("line {i} of a text file that compresses like source code\n");
+        std::fs::write(text.join(format!("f{i:04}.txt")), line.repeat(165)).unwrap();
+    }
+    random_file(&dir.path().join("blob.bin"), 60_000_000);
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let (secs, way, _) = bench_upload_run(dir.path(), "auto");
+        println!("bench_upload_89mb_run {secs:.2} {way}");
+        times.push(secs);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("bench_upload_89mb_p50 {:.2}", percentile(&times, 0.5));
+    println!("bench_upload_89mb_max {:.2}", times[times.len() - 1]);
+    std::fs::remove_dir_all(&text).unwrap();
+    for (label, size) in [("300mb", 300_000_000), ("1gb", 1_000_000_000)] {
+        random_file(&dir.path().join("blob.bin"), size);
+        for (way, threshold) in [("parts", "never"), ("s3", "always-s3"), ("auto", "auto")] {
+            let (secs, took, rss) = bench_upload_run(dir.path(), threshold);
+            println!("bench_upload_{label}_{way} {secs:.2} {took} {}", rss / 1024);
+        }
+    }
+}

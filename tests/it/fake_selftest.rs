@@ -1212,3 +1212,95 @@ async fn dropping_the_fake_kills_running_jobs() {
         }
     }
 }
+
+/// Latency mode: SSH-command calls take their round trip, uploads share
+/// one link, and a transfer job that looked too early waits for its
+/// re-check (lower bounds only: a loaded machine is only ever slower).
+#[tokio::test]
+async fn latency_mode_models_round_trips_the_link_and_the_transfer_recheck() {
+    let real = Settings::latency();
+    assert_eq!(real.ssh_latency, Duration::from_millis(60));
+    assert_eq!(real.upload_rate, Some(35_000_000));
+    assert_eq!(real.transfer_recheck, Duration::from_secs(60));
+    let scaled = Settings::latency().scaled(10);
+    assert_eq!(scaled.transfer_recheck, Duration::from_secs(6));
+    assert_eq!(scaled.upload_rate, Some(350_000_000));
+    let fake = FakeFirecrest::start_with(Settings {
+        upload_rate: Some(10_000_000),
+        transfer_delay: secs(0.1),
+        transfer_recheck: secs(1.5),
+        max_part_size: 1000,
+        ..Settings::latency()
+    });
+    let api = Api::new(&fake).await;
+    let dir = fake.user_scratch().display().to_string();
+
+    let at = Instant::now();
+    let (s, _) = api.get("/filesystem/{sys}/ops/ls", &[("path", &dir)]).await;
+    assert_eq!(s, 200);
+    assert!(at.elapsed() >= secs(0.06), "{:?}", at.elapsed());
+
+    let upload = |name: &'static str| {
+        let part = reqwest::multipart::Part::bytes(vec![b'a'; 1_000_000]).file_name(name);
+        api.http
+            .post(api.url("/filesystem/{sys}/ops/upload"))
+            .query(&[("path", &dir)])
+            .bearer_auth(&api.token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+    };
+    let at = Instant::now();
+    let (a, b) = futures::join!(upload("a.bin"), upload("b.bin"));
+    assert_eq!(
+        (a.unwrap().status().as_u16(), b.unwrap().status().as_u16()),
+        (204, 204)
+    );
+    // 2 MB on a 10 MB/s link shared by both.
+    assert!(at.elapsed() >= secs(0.2), "{:?}", at.elapsed());
+
+    // The transfer job looks at 0.1 s, finds nothing, looks again at 1.6 s.
+    let target = format!("{dir}/late.bin");
+    let (s, v) = api
+        .post(
+            "/filesystem/{sys}/transfer/upload",
+            json!({"path": target, "transferDirectives": {"transferMethod": "s3", "fileSize": 10}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let posted = Instant::now();
+    let job = v["transferJob"]["jobId"].as_str().unwrap().to_string();
+    tokio::time::sleep(secs(0.4)).await;
+    put_and_complete(&api, &v, vec![1u8; 10]).await;
+    let j = api.wait_job(&job, secs(5.0), FINAL).await;
+    assert_eq!(state(&j), "COMPLETED");
+    assert!(posted.elapsed() >= secs(1.5), "{:?}", posted.elapsed());
+
+    // A failing transfer job leaves its error in its error log.
+    fake.fail_transfers("An error occurred (403) when calling the HeadObject operation: Forbidden");
+    let (_, v) = api
+        .post(
+            "/filesystem/{sys}/transfer/upload",
+            json!({"path": target, "transferDirectives": {"transferMethod": "s3", "fileSize": 10}}),
+        )
+        .await;
+    let job = v["transferJob"]["jobId"].as_str().unwrap().to_string();
+    put_and_complete(&api, &v, vec![1u8; 10]).await;
+    let j = api.wait_job(&job, secs(5.0), FINAL).await;
+    assert_eq!(state(&j), "FAILED");
+    let log =
+        std::fs::read_to_string(v["transferJob"]["logs"]["errorLog"].as_str().unwrap()).unwrap();
+    assert!(log.contains("HeadObject operation: Forbidden"), "{log}");
+}
+
+/// Puts `data` as the one part of the S3 upload `reply` directs, and
+/// completes it.
+async fn put_and_complete(api: &Api, reply: &Value, data: Vec<u8>) {
+    let directives = &reply["transferDirectives"];
+    let url = directives["partsUploadUrls"][0].as_str().unwrap();
+    let r = api.http.put(url).body(data).send().await.unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let xml = format!("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>");
+    let complete = directives["completeUploadUrl"].as_str().unwrap();
+    let r = api.http.post(complete).body(xml).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

@@ -8,7 +8,8 @@
 //! (`large_output`, `fake_replay`); cancel and time limit as Slurm signals
 //! them (`signals`); what the CI log says, in order (`messages`); what the
 //! job hands back to CI (`handback`); the container images, run as GitHub,
-//! GitLab and a plain `docker run` run them (`images`).
+//! GitLab and a plain `docker run` run them (`images`); the workspace upload's
+//! way, overlap and integrity (`upload_speed`).
 
 mod artifacts;
 mod bench;
@@ -29,3 +30,4 @@ mod request_ids;
 mod retries;
 mod signals;
 mod slurm;
+mod upload_speed;

@@ -125,6 +125,10 @@ pub(crate) struct Faults {
     pub hidden_jobs: HashMap<String, Option<Duration>>,
     /// Each S3 part's first K PUT attempts answer 500.
     pub part_put_failures: u32,
+    /// S3 uploads' transfer jobs fail with this in their error log.
+    pub transfer_failure: Option<String>,
+    /// The `ops/upload` that stores a flipped byte, counted down.
+    pub corrupt_upload: Option<u32>,
     pub part_attempts: HashMap<(String, u32), u32>,
     /// Reads (tail, view, head, download) of paths containing the text
     /// answer this status inside the window; `stat` still answers.
@@ -132,6 +136,21 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
+    /// Whether this `ops/upload` is the one to corrupt.
+    pub fn take_corrupt_upload(&mut self) -> bool {
+        match self.corrupt_upload {
+            Some(1) => {
+                self.corrupt_upload = None;
+                true
+            }
+            Some(n) => {
+                self.corrupt_upload = Some(n - 1);
+                false
+            }
+            None => false,
+        }
+    }
+
     pub fn new() -> Self {
         Faults {
             random_5xx: None,
@@ -146,6 +165,8 @@ impl Faults {
             reset_next: Vec::new(),
             hidden_jobs: HashMap::new(),
             part_put_failures: 0,
+            transfer_failure: None,
+            corrupt_upload: None,
             part_attempts: HashMap::new(),
             read_denials: Vec::new(),
         }

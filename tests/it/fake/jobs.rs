@@ -104,6 +104,8 @@ pub(crate) struct Job {
     ending: Option<Ending>,
     forced: Option<ForcedEnd>,
     pub transfer: Option<TransferWork>,
+    /// A transfer job that found nothing to do looks again at this time.
+    next_check: Option<Instant>,
 }
 
 impl Job {
@@ -500,6 +502,7 @@ pub fn submit(st: &mut State, cluster: &Cluster, req: &Request) -> Response {
             ending: None,
             forced,
             transfer: None,
+            next_check: None,
         },
     );
     Response::json(201, &json!({"jobId": id.to_string()}))
@@ -555,6 +558,7 @@ pub fn submit_transfer(
             ending: None,
             forced: None,
             transfer: Some(work),
+            next_check: None,
         },
     );
     id
@@ -664,16 +668,22 @@ pub fn tick(st: &mut State, cluster: &Cluster) {
                     continue;
                 }
                 if let Some(work) = &job.transfer {
+                    if job.next_check.is_some_and(|at| now < at) {
+                        continue;
+                    }
                     let done = super::transfer::run_work(
                         work,
                         job.id,
-                        &job.stdout,
-                        &job.stderr,
+                        (&job.stdout, &job.stderr),
                         &mut st.objects,
+                        st.faults.transfer_failure.as_deref(),
                     );
-                    if let Some(f) = done {
-                        job.start = Some(epoch_now());
-                        job.finish(f);
+                    match done {
+                        Some(f) => {
+                            job.start = Some(epoch_now());
+                            job.finish(f);
+                        }
+                        None => job.next_check = Some(now + settings.transfer_recheck),
                     }
                     continue;
                 }

@@ -415,14 +415,20 @@ pub fn s3(st: &mut State, req: &Request) -> Response {
 
 /// Runs a due transfer job's work; None while it must keep waiting (the
 /// upload object is not complete yet).
+/// `fail`: the error an upload's transfer job meets once its object is
+/// there (see `FakeFirecrest::fail_transfers`).
 pub fn run_work(
     work: &TransferWork,
     id: u64,
-    out_log: &str,
-    err_log: &str,
+    (out_log, err_log): (&str, &str),
     objects: &mut HashMap<String, Vec<u8>>,
+    fail: Option<&str>,
 ) -> Option<Final> {
     let result: Result<String, String> = match work {
+        TransferWork::Ingress { key, .. } if fail.is_some() => {
+            objects.get(key)?;
+            Err(fail.unwrap_or_default().to_string())
+        }
         TransferWork::Ingress { key, target } => {
             let data = objects.get(key)?;
             // The real upload script leaves an empty `tmp/` beside its logs.

@@ -1,0 +1,162 @@
+//! The workspace upload as whole runs: the way follows the measured rate
+//! (a slow link sends the rest through S3, a fast one keeps to direct
+//! parts), a failed S3 transfer job shows its error log, and packing
+//! overlaps the upload while the job still gets the exact workspace (a
+//! corrupted part fails the job with 65). Orders and counts, no timings.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::fake::{FakeFirecrest, Route, Settings};
+use crate::harness::{random_file, Outcome, Setup};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// Sums every file of the workspace (but the tool's log) in name order.
+const MANIFEST: &str = "find . -type f ! -name firecrest-ci.log -print0 | LC_ALL=C sort -z \
+                        | xargs -0 sha256sum | sha256sum";
+
+/// The manifest of a local directory, as the job computes it.
+fn manifest(dir: &Path) -> String {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(MANIFEST)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A double with small parts (60 KiB) and a quick transfer job (it starts
+/// after 0.2 s and re-checks every second), its upload link at `rate`.
+fn fake_with_link(rate: Option<u64>) -> FakeFirecrest {
+    FakeFirecrest::start_with(Settings {
+        max_ops_file_size: 64 * 1024,
+        upload_rate: rate,
+        transfer_delay: Duration::from_millis(200),
+        transfer_recheck: Duration::from_secs(1),
+        ..Settings::default()
+    })
+}
+
+/// A run with 16 MB of incompressible data under the default choice.
+fn run_16mb(fake: &FakeFirecrest, name: &str) -> (Outcome, String) {
+    let setup = Setup::firecrest(fake, name, "sha256sum big.bin");
+    let sha = random_file(&setup.path().join("big.bin"), 16_000_000);
+    let out = setup.run(LIMIT);
+    (out, sha)
+}
+
+#[test]
+fn a_slow_link_sends_the_rest_through_s3() {
+    // 150 kB/s: the 16 MB would take 100 s in parts, S3 about 61 s.
+    let fake = fake_with_link(Some(150_000));
+    let (out, sha) = run_16mb(&fake, "slow-link");
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(out.stdout.contains(&sha), "{}", out.both());
+    assert_eq!(fake.count(Route::TransferUpload), 1, "{}", out.both());
+    let parts = fake.count(Route::OpsUpload);
+    assert!(
+        (4..20).contains(&parts),
+        "the rate is measured on the first parts, then S3: {parts} direct parts"
+    );
+    assert!(out.stderr.contains("go through S3"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("waiting for FirecREST's transfer job")
+            && out.stderr.contains("re-checks every 60 s"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_fast_link_keeps_to_direct_parts() {
+    let fake = fake_with_link(None);
+    let (out, sha) = run_16mb(&fake, "fast-link");
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(out.stdout.contains(&sha), "{}", out.both());
+    assert_eq!(fake.count(Route::TransferUpload), 0, "{}", out.both());
+    assert!(fake.count(Route::OpsUpload) > 200, "16 MB in 60 KiB parts");
+}
+
+#[test]
+fn a_failed_transfer_job_shows_its_error_log() {
+    let fake = fake_with_link(None);
+    let error = "An error occurred (AccessDenied) when calling the GetObject operation";
+    fake.fail_transfers(error);
+    let mut setup = Setup::firecrest(&fake, "s3-fails", "echo should-not-run");
+    setup.set("FIRECREST_TRANSFER_THRESHOLD", "always-s3");
+    random_file(&setup.path().join("big.bin"), 1_000_000);
+    let out = setup.run(LIMIT);
+    assert_ne!(out.code, 0, "{}", out.both());
+    assert_eq!(fake.count(Route::TransferUpload), 1, "{}", out.both());
+    assert!(out.both().contains(error), "{}", out.both());
+    assert!(!out.stdout.contains("should-not-run"), "{}", out.both());
+}
+
+/// A workspace of 3,000 small text files and 8 MB of random data (and the
+/// harness's hello.txt).
+fn mixed_workspace(setup: &Setup) {
+    let dir = setup.path().join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..3000 {
+        let text = format!(
+            "file {i}\n{}\n",
+            "some text that compresses ".repeat(i % 40)
+        );
+        std::fs::write(dir.join(format!("f{i:04}.txt")), text).unwrap();
+    }
+    random_file(&setup.path().join("blob.bin"), 8_000_000);
+}
+
+#[test]
+fn parts_go_up_while_packing_and_the_job_gets_the_exact_workspace() {
+    let fake = FakeFirecrest::start_with(Settings {
+        max_ops_file_size: 256 * 1024,
+        ..Settings::default()
+    });
+    let mut setup = Setup::firecrest(&fake, "overlap", MANIFEST);
+    setup.set("FIRECREST_LOG_LEVEL", "debug");
+    mixed_workspace(&setup);
+    let expected = manifest(setup.path());
+    let out = setup.run(LIMIT);
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(out.stdout.contains(&expected), "{}", out.both());
+    // The order of the tool's own lines: a part started while the archive
+    // was still being packed, before packing was reported done.
+    let log = &out.stderr;
+    let first_part = log
+        .find("upload of archive bytes 0..")
+        .expect("a part upload line");
+    let packed = log.find("packed 3002 files").expect("the pack line");
+    assert!(first_part < packed, "{log}");
+    assert!(
+        log[first_part..]
+            .lines()
+            .next()
+            .unwrap()
+            .contains("packed so far"),
+        "{log}"
+    );
+    assert!(fake.count(Route::OpsUpload) > 10);
+}
+
+#[test]
+fn a_corrupted_part_fails_the_job_with_65() {
+    let fake = FakeFirecrest::start_with(Settings {
+        max_ops_file_size: 256 * 1024,
+        ..Settings::default()
+    });
+    // The third part on its way.
+    fake.corrupt_upload(3);
+    let setup = Setup::firecrest(&fake, "corrupt", "echo should-not-run");
+    random_file(&setup.path().join("big.bin"), 2_000_000);
+    let out = setup.run(LIMIT);
+    assert_eq!(out.code, 65, "{}", out.both());
+    assert!(
+        out.both().contains("the workspace archive is corrupt"),
+        "{}",
+        out.both()
+    );
+    assert!(!out.stdout.contains("should-not-run"), "{}", out.both());
+}
