@@ -597,9 +597,13 @@ async fn unknown_system_is_a_not_found_naming_the_request() {
     let mut s = settings(&server, AuthSource::AccessToken(Secret::new("t")));
     s.system = "nosuchsystem".into();
     let err = Client::new(s).unwrap().userinfo().await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "GET /status/nosuchsystem/userinfo failed with HTTP 404: System not found"
+    // The server's words, then the request's id for the centre's support.
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "GET /status/nosuchsystem/userinfo failed with HTTP 404: System not found (request id "
+        ),
+        "{text}"
     );
     server.verify().await;
 }

@@ -484,6 +484,7 @@ const BAD_VALUES: &[(&str, &str)] = &[
     ("FIRECREST_REQUEST_TIMEOUT", "0"),
     ("FIRECREST_TRANSFER_THRESHOLD", "lots"),
     ("FIRECREST_COMPRESSION_LEVEL", "10"),
+    ("FIRECREST_RETRIES", "11"),
 ];
 
 /// Inputs no single value makes invalid: any text is a command.
