@@ -215,7 +215,18 @@ pub fn wait(mut child: Child, limit: Duration, started: Instant) -> Outcome {
         if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("firecrest-ci did not finish within {limit:?}");
+            // What it said until then shows where it hung.
+            let stdout = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
+            let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+            let tail = |text: &str| {
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            };
+            panic!(
+                "firecrest-ci did not finish within {limit:?}\n--- stdout (last lines)\n{}\n--- stderr (last lines)\n{}",
+                tail(&stdout),
+                tail(&stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
