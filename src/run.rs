@@ -423,11 +423,26 @@ async fn place_workspace(
     archive: GrowingArchive,
     stop: &StopSignal,
 ) -> Result<Option<StagedWorkspace>> {
-    remote
-        .backend
-        .create_private_dir(&remote.run_dir)
-        .await
-        .with_context(|| format!("failed to create the run directory {}", remote.run_dir))?;
+    if let Err(err) = remote.backend.create_private_dir(&remote.run_dir).await {
+        let refused = crate::firecrest::ApiError::find(&err)
+            .is_some_and(|api| matches!(api.status, 400 | 403 | 404));
+        return Err(match &config.remote_dir {
+            // The user chose the base and the cluster refused it for good:
+            // an input to change, said before anything was uploaded.
+            Some(base) if refused => anyhow::Error::new(outcome::CodedError {
+                code: codes::CONFIG,
+                message: format!(
+                    "FIRECREST_REMOTE_DIR={base} cannot hold the run directory: {err:#}; \
+                     use a directory you can write on the cluster (e.g. under your scratch), \
+                     or leave it unset for the default"
+                ),
+            }),
+            _ => err.context(format!(
+                "failed to create the run directory {}",
+                remote.run_dir
+            )),
+        });
+    }
     tracing::info!("run directory {}", remote.run_dir);
     if !config.env_vars.is_empty() {
         let contents = script::render_env_file(&config.env_vars).into_bytes();

@@ -111,6 +111,28 @@ fn an_account_the_server_cannot_list_is_named_without_a_list() {
     assert!(!out.stderr.contains("valid accounts:"), "{}", out.both());
 }
 
+/// A remote-dir the cluster refuses (outside its file systems, here) is an
+/// input to change: exit 78 naming FIRECREST_REMOTE_DIR, before anything
+/// was uploaded, no job.
+#[test]
+fn a_remote_dir_the_cluster_refuses_is_exit_78_before_any_upload() {
+    let fake = FakeFirecrest::start();
+    let mut setup = Setup::firecrest(&fake, "bad-base", "echo never");
+    setup.set("FIRECREST_REMOTE_DIR", "/nowhere/ci");
+    let started = Instant::now();
+    let out = setup.run(Duration::from_secs(60));
+    assert_eq!(out.code, codes::CONFIG, "{}", out.both());
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        out.stderr
+            .contains("FIRECREST_REMOTE_DIR=/nowhere/ci cannot hold the run directory"),
+        "{}",
+        out.both()
+    );
+    assert_eq!(fake.count(Route::OpsUpload), 0);
+    assert_eq!(fake.count(Route::JobSubmit), 0);
+}
+
 /// `check` with the connection inputs only (no run, no workspace).
 fn check(fake: &FakeFirecrest, change: impl FnOnce(&mut Setup)) -> Outcome {
     let mut setup = Setup::firecrest(fake, "unused", "unused");
