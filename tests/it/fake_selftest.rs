@@ -978,6 +978,8 @@ async fn outage_refuses_connections_then_serves_on_the_same_port() {
         .unwrap_err()
         .is_connect());
     fake.token_down(TokenDown::Status503, Window::now_for(secs(8.0)));
+    // Its listener comes back to answer 503.
+    wait_accepting(&fake.token_url()).await;
     let (s, _) = fetch_token(&api.http, &fake, &fake.client_secret()).await;
     assert_eq!(s, 503);
     fake.outage(Outage::All, Window::now_for(secs(8.0)));
@@ -987,6 +989,17 @@ async fn outage_refuses_connections_then_serves_on_the_same_port() {
         .send()
         .await
         .is_err());
+}
+
+/// Waits (a few seconds at most) until `url`'s port accepts connections.
+async fn wait_accepting(url: &str) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let addr = rest.split('/').next().unwrap_or(rest).to_string();
+    let until = Instant::now() + secs(5.0);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < until, "{addr} kept refusing connections");
+        tokio::time::sleep(secs(0.02)).await;
+    }
 }
 
 /// Waits (a few seconds at most) until `url`'s port refuses connections:
