@@ -267,16 +267,11 @@ impl<'a> Watcher<'a> {
                     if in_flight.is_some() =>
                 {
                     in_flight = None;
-                    tracker.read_done(Instant::now(), read_in);
-                    let running = matches!(&result, Ok(Some(s)) if SlurmState::parse(&s.state) == SlurmState::Running);
-                    if let Some(status) = self.on_state(job, &mut tracker, started, result)? {
+                    if let Some(status) =
+                        self.state_came(job, &mut tracker, &mut pace, &mut next_log, started, read_in, result)?
+                    {
                         self.drain().await?;
                         return Ok(WatchEnd::Finished(status));
-                    }
-                    if running && tracker.enter(Phase::Running, Instant::now()) {
-                        // Its prologue prints at once: show it soon.
-                        pace.restart();
-                        next_log = next_log.min(Instant::now() + pace.interval);
                     }
                 }
                 changed = stop.changed() => {
@@ -292,7 +287,39 @@ impl<'a> Watcher<'a> {
             }
 
             if Instant::now() >= next_log {
-                let got = self.read_all_once(false).await?;
+                // The state read in flight is driven meanwhile: it may hold
+                // the token lock (a refresh in progress) that this read
+                // waits for, and a future that is not polled never lets go.
+                let (got, state) = {
+                    let read = self.read_all_once(false);
+                    match in_flight.as_mut() {
+                        None => (read.await, None),
+                        Some(state_read) => {
+                            tokio::pin!(read);
+                            tokio::select! {
+                                got = &mut read => (got, None),
+                                result = state_read => (read.await, Some(result)),
+                            }
+                        }
+                    }
+                };
+                if let Some(result) = state {
+                    in_flight = None;
+                    if let Some(status) = self.state_came(
+                        job,
+                        &mut tracker,
+                        &mut pace,
+                        &mut next_log,
+                        started,
+                        read_in,
+                        result,
+                    )? {
+                        got?;
+                        self.drain().await?;
+                        return Ok(WatchEnd::Finished(status));
+                    }
+                }
+                let got = got?;
                 let more = self.files.iter().any(|f| f.more);
                 let now = Instant::now();
                 let mut interval = pace.after_read(got, more, now, &self.settings);
@@ -311,6 +338,33 @@ impl<'a> Watcher<'a> {
                 next_log = now + interval;
             }
         }
+    }
+
+    /// A state read came back: account for it; the final status when the
+    /// job ended. A job seen running gets its prologue shown soon.
+    #[allow(clippy::too_many_arguments)]
+    fn state_came(
+        &mut self,
+        job: &JobId,
+        tracker: &mut StateTracker,
+        pace: &mut OutputPace,
+        next_log: &mut Instant,
+        started: Instant,
+        read_in: Phase,
+        result: Result<Option<JobStatus>>,
+    ) -> Result<Option<JobStatus>> {
+        tracker.read_done(Instant::now(), read_in);
+        let running =
+            matches!(&result, Ok(Some(s)) if SlurmState::parse(&s.state) == SlurmState::Running);
+        if let Some(status) = self.on_state(job, tracker, started, result)? {
+            return Ok(Some(status));
+        }
+        if running && tracker.enter(Phase::Running, Instant::now()) {
+            // Its prologue prints at once: show it soon.
+            pace.restart();
+            *next_log = (*next_log).min(Instant::now() + pace.interval);
+        }
+        Ok(None)
     }
 
     /// Takes one state read into account; the final status when the job ended.
@@ -860,6 +914,10 @@ mod tests {
         /// A read returns at most this many bytes (and says there is more).
         read_limit: usize,
         calls: std::sync::Mutex<Vec<(f64, Call)>>,
+        /// Stands for the client's token lock, which every request takes.
+        token: tokio::sync::Mutex<()>,
+        /// A state read holds the token this long (a refresh in progress).
+        state_holds_token: Option<f64>,
     }
 
     #[derive(Debug, Clone, Copy, PartialEq)]
@@ -881,6 +939,8 @@ mod tests {
                 writes: Vec::new(),
                 read_limit: usize::MAX,
                 calls: Default::default(),
+                token: tokio::sync::Mutex::new(()),
+                state_holds_token: None,
             }
         }
 
@@ -987,6 +1047,10 @@ mod tests {
             unreachable!()
         }
         async fn job_status(&self, _: &JobId) -> Result<Option<JobStatus>> {
+            let _token = self.token.lock().await;
+            if let Some(hold) = self.state_holds_token {
+                tokio::time::sleep(Duration::from_secs_f64(hold)).await;
+            }
             let now = self.now();
             self.calls.lock().unwrap().push((now, Call::State));
             let current = self
@@ -1006,6 +1070,7 @@ mod tests {
             offset: u64,
             _: bool,
         ) -> Result<crate::backend::OutputChunk> {
+            drop(self.token.lock().await);
             let file = self.file();
             let rest = &file[(offset as usize).min(file.len())..];
             let data = rest[..rest.len().min(self.read_limit)].to_vec();
@@ -1109,6 +1174,24 @@ mod tests {
             !after.is_empty() && after.iter().all(|t| *t < 21.0),
             "{reads:?}"
         );
+    }
+
+    /// A state read that holds the token (its refresh waits for a token
+    /// endpoint that is down) while an output read waits for the token: the
+    /// watcher keeps driving the state read, so neither waits forever. (It
+    /// once awaited the output read alone, and the two deadlocked.)
+    #[tokio::test(start_paused = true)]
+    async fn a_state_read_holding_the_token_does_not_deadlock_the_output_read() {
+        let mut job = Scripted::new()
+            .state(0.0, "RUNNING", None)
+            .write(0.0, STARTED)
+            .lines(0.5, 30.0, 0.5)
+            .ends(30.0);
+        job.state_holds_token = Some(3.0);
+        let watched = tokio::time::timeout(Duration::from_secs(600), watch(&job)).await;
+        let (end, shown) = watched.expect("the watcher deadlocked");
+        assert_eq!(finished(&end), "COMPLETED");
+        assert!(shown.contains("line at 29.5\n"), "{shown}");
     }
 
     #[tokio::test(start_paused = true)]
