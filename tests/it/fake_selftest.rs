@@ -991,25 +991,27 @@ async fn outage_refuses_connections_then_serves_on_the_same_port() {
         .is_err());
 }
 
-/// Waits (a few seconds at most) until `url`'s port accepts connections.
-async fn wait_accepting(url: &str) {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let addr = rest.split('/').next().unwrap_or(rest).to_string();
-    let until = Instant::now() + secs(5.0);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < until, "{addr} kept refusing connections");
-        tokio::time::sleep(secs(0.02)).await;
-    }
-}
-
 /// Waits (a few seconds at most) until `url`'s port refuses connections:
 /// the double closes a listener within a moment of a fault's start.
 async fn wait_refused(url: &str) {
+    wait_port(url, false).await;
+}
+
+/// Waits (a few seconds at most) until `url`'s port accepts connections.
+async fn wait_accepting(url: &str) {
+    wait_port(url, true).await;
+}
+
+async fn wait_port(url: &str, accepting: bool) {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let addr = rest.split('/').next().unwrap_or(rest).to_string();
     let until = Instant::now() + secs(5.0);
-    while std::net::TcpStream::connect(&addr).is_ok() {
-        assert!(Instant::now() < until, "{addr} kept accepting connections");
+    while std::net::TcpStream::connect(&addr).is_ok() != accepting {
+        assert!(
+            Instant::now() < until,
+            "{addr} did not start {} connections",
+            if accepting { "accepting" } else { "refusing" }
+        );
         tokio::time::sleep(secs(0.02)).await;
     }
 }
