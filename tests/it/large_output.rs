@@ -182,7 +182,7 @@ fn run_dirs(fake: &FakeFirecrest) -> Vec<String> {
 
 #[test]
 fn a_log_that_cannot_be_shown_exits_74_and_keeps_the_run_directory() {
-    let (fake, _setup, out) = unshowable("unshowable", "echo first\nsleep 4\nseq 1 50000");
+    let (fake, setup, out) = unshowable("unshowable", "echo first\nsleep 4\nseq 1 50000");
     assert_eq!(
         readme_exit_code("results incomplete"),
         firecrest_ci::outcome::codes::INCOMPLETE
@@ -197,11 +197,14 @@ fn a_log_that_cannot_be_shown_exits_74_and_keeps_the_run_directory() {
     let kept = run_dirs(&fake);
     assert_eq!(kept.len(), 1, "{:?}", fake.scratch_files());
     let file = std::fs::read(fake.scratch().join(&kept[0])).unwrap();
-    let shown_up_to = file
-        .windows(6)
-        .position(|w| w == b"first\n")
-        .expect("the job printed")
-        + 6;
+    // The local log holds exactly what was shown: the file's first bytes.
+    let shown = std::fs::read(setup.path().join("firecrest-ci.log")).unwrap();
+    assert!(
+        !shown.is_empty() && file.starts_with(&shown),
+        "{}",
+        out.both()
+    );
+    let shown_up_to = shown.len();
     assert!(
         line.contains(&format!("bytes {shown_up_to}-{} of job.out", file.len())),
         "{line}"
