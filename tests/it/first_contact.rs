@@ -54,9 +54,15 @@ fn assert_named(fake: &FakeFirecrest, out: &Outcome, code: i32, named: &[&str]) 
     assert!(fake.jobs().is_empty(), "no job may be sent");
 }
 
+/// The loopback address of this module's own sockets. The doubles listen on
+/// 127.0.0.1 and let their ports go during an outage; a socket here on the
+/// same address could take such a port, and another test's double would
+/// then reach this module's web server.
+const ASIDE: &str = "127.0.0.2";
+
 /// A loopback port that nothing listens on (bound, then let go).
 fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = TcpListener::bind((ASIDE, 0)).expect("bind");
     let port = listener.local_addr().expect("addr").port();
     drop(listener);
     port
@@ -65,7 +71,7 @@ fn closed_port() -> u16 {
 /// A web server that is not FirecREST: every request gets `status` and an
 /// HTML page. Lives as long as the test binary.
 fn web_server(status: u16) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = TcpListener::bind((ASIDE, 0)).expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -136,14 +142,14 @@ fn unknown_host(variable: &str, path: &str) {
 fn nothing_listening(variable: &str, path: &str) {
     let fake = FakeFirecrest::start();
     let port = closed_port();
-    let url = format!("http://127.0.0.1:{port}{path}");
+    let url = format!("http://{ASIDE}:{port}{path}");
     let out = run_with(&fake, variable, &url);
     assert_named(
         &fake,
         &out,
         codes::UNAVAILABLE,
         &[
-            &format!("could not reach 127.0.0.1:{port} ({variable}={url})"),
+            &format!("could not reach {ASIDE}:{port} ({variable}={url})"),
             "Connection refused",
         ],
     );
