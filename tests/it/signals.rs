@@ -20,6 +20,10 @@ use crate::fake::FakeFirecrest;
 use crate::harness::{wait, wait_until, Setup};
 use crate::slurm;
 
+/// A job that writes an artifact, says it runs, and waits to be stopped.
+const PARTIAL_JOB: &str =
+    "mkdir -p out\necho partial > out/partial.txt\necho fcit-running\nsleep 600";
+
 /// Slurm's default KillWait: the double waits as long before SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 /// Generous bound for a whole run on a shared, loaded machine.
@@ -202,12 +206,7 @@ fn artifacts_survive_the_time_limit_on_the_double() {
     setup.set("FIRECREST_ARTIFACTS", "out/");
     let out = setup.run(LIMIT);
     assert_eq!(out.code, codes::TIMEOUT, "{}", out.both());
-    assert_eq!(
-        std::fs::read_to_string(setup.path().join("out/report.txt")).ok(),
-        Some("report\n".to_string()),
-        "{}",
-        out.both()
-    );
+    assert_artifact(&setup, &out, "out/report.txt", "report\n");
     assert!(out.stdout.contains("firecrest-ci: stopped by SIGTERM"));
     assert!(!out.both().contains("matched nothing"), "{}", out.both());
     // The job ended on the forwarded signal, not on KillWait's SIGKILL.
@@ -226,11 +225,7 @@ fn artifacts_survive_the_time_limit_on_the_double() {
 fn artifacts_come_back_after_ci_cancels_on_the_double() {
     let fake = FakeFirecrest::start();
     fake.settings(|s| s.kill_wait = KILL_WAIT);
-    let mut setup = Setup::firecrest(
-        &fake,
-        "ci-cancel-artifacts",
-        "mkdir -p out\necho partial > out/partial.txt\necho fcit-running\nsleep 600",
-    );
+    let mut setup = Setup::firecrest(&fake, "ci-cancel-artifacts", PARTIAL_JOB);
     setup.set("FIRECREST_ARTIFACTS", "out/");
     let child = setup.spawn();
     assert!(
@@ -251,12 +246,7 @@ fn artifacts_come_back_after_ci_cancels_on_the_double() {
         out.elapsed,
         out.both()
     );
-    assert_eq!(
-        std::fs::read_to_string(setup.path().join("out/partial.txt")).ok(),
-        Some("partial\n".to_string()),
-        "{}",
-        out.both()
-    );
+    assert_artifact(&setup, &out, "out/partial.txt", "partial\n");
     assert!(out.stdout.contains("firecrest-ci: end of the batch script"));
     assert!(wait_until(Duration::from_secs(5), || !fake.any_job_process_running()));
 }
@@ -276,12 +266,7 @@ fn artifacts_survive_the_time_limit_on_slurm() {
     setup.set("FIRECREST_ARTIFACTS", "out/");
     let out = setup.run(Duration::from_secs(300));
     assert_eq!(out.code, codes::TIMEOUT, "{}", out.both());
-    assert_eq!(
-        std::fs::read_to_string(setup.path().join("out/report.txt")).ok(),
-        Some("report\n".to_string()),
-        "{}",
-        out.both()
-    );
+    assert_artifact(&setup, &out, "out/report.txt", "report\n");
     assert!(out
         .stdout
         .contains("firecrest-ci: artifacts packed (1 path)"));
@@ -295,10 +280,7 @@ fn artifacts_come_back_after_scancel_on_slurm() {
     if slurm::skipped("artifacts_come_back_after_scancel_on_slurm") {
         return;
     }
-    let (mut setup, name) = slurm::setup(
-        "scancel-artifacts",
-        "mkdir -p out\necho partial > out/partial.txt\necho fcit-running\nsleep 600",
-    );
+    let (mut setup, name) = slurm::setup("scancel-artifacts", PARTIAL_JOB);
     setup.set("FIRECREST_ARTIFACTS", "out/");
     let (child, started) = slurm::spawn_until_started(&setup, "fcit-running");
     let cancel = Command::new("scancel")
@@ -308,12 +290,7 @@ fn artifacts_come_back_after_scancel_on_slurm() {
     assert!(cancel.status.success(), "{cancel:?}");
     let out = wait(child, LIMIT, started);
     assert_eq!(out.code, codes::CANCELLED_ON_CLUSTER, "{}", out.both());
-    assert_eq!(
-        std::fs::read_to_string(setup.path().join("out/partial.txt")).ok(),
-        Some("partial\n".to_string()),
-        "{}",
-        out.both()
-    );
+    assert_artifact(&setup, &out, "out/partial.txt", "partial\n");
     slurm::assert_nothing_left(&setup, &name);
 }
 
@@ -325,10 +302,7 @@ fn ci_cancel_on_slurm_brings_artifacts_and_frees_the_node_at_once() {
     if slurm::skipped("ci_cancel_on_slurm_brings_artifacts_and_frees_the_node_at_once") {
         return;
     }
-    let (mut setup, name) = slurm::setup(
-        "ci-cancel-free",
-        "mkdir -p out\necho partial > out/partial.txt\necho fcit-running\nsleep 600",
-    );
+    let (mut setup, name) = slurm::setup("ci-cancel-free", PARTIAL_JOB);
     setup.set("FIRECREST_ARTIFACTS", "out/");
     let (child, _) = slurm::spawn_until_started(&setup, "fcit-running");
     let signalled = Instant::now();
@@ -348,11 +322,18 @@ fn ci_cancel_on_slurm_brings_artifacts_and_frees_the_node_at_once() {
         slurm::queued(&name)
     );
     assert!(exited.elapsed() < Duration::from_secs(2));
+    assert_artifact(&setup, &out, "out/partial.txt", "partial\n");
+    slurm::assert_nothing_left(&setup, &name);
+}
+
+/// The artifact `path` came back into the workspace with `content`.
+fn assert_artifact(setup: &Setup, out: &crate::harness::Outcome, path: &str, content: &str) {
     assert_eq!(
-        std::fs::read_to_string(setup.path().join("out/partial.txt")).ok(),
-        Some("partial\n".to_string()),
+        std::fs::read_to_string(setup.path().join(path))
+            .ok()
+            .as_deref(),
+        Some(content),
         "{}",
         out.both()
     );
-    slurm::assert_nothing_left(&setup, &name);
 }
