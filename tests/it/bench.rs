@@ -251,6 +251,53 @@ fn bench_upload_run(workspace: &std::path::Path, threshold: &str) -> (f64, &'sta
     (out.elapsed.as_secs_f64(), way, rss)
 }
 
+/// Issue 12's small job: a 1.2 MB workspace (600 kB of text files, 600 kB
+/// random) running `true`, five times on the latency-mode double: from the
+/// tool's start to the double's answer to the submission, and end to end.
+#[test]
+#[ignore = "a benchmark: run it with bench/run"]
+fn bench_upload_small() {
+    use crate::fake::Settings;
+    use crate::harness::random_file;
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..100 {
+        let line = format!("line {i} of a small source file\n");
+        std::fs::write(dir.path().join(format!("f{i:03}.txt")), line.repeat(200)).unwrap();
+    }
+    random_file(&dir.path().join("blob.bin"), 600_000);
+    let (mut submitted, mut total) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let fake = FakeFirecrest::start_with(Settings::latency());
+        let mut setup = Setup::firecrest(&fake, "bench-small", "true");
+        setup.set("FIRECREST_WORKSPACE", dir.path().display().to_string());
+        let spawned_at = fake.since_start();
+        let started = Instant::now();
+        let out = setup.spawn().wait_with_output().unwrap();
+        let elapsed = started.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let submit = fake
+            .log()
+            .into_iter()
+            .find(|e| e.route == Route::JobSubmit)
+            .expect("a submission");
+        submitted.push((submit.at - spawned_at).as_secs_f64());
+        total.push(elapsed);
+    }
+    submitted.sort_by(f64::total_cmp);
+    total.sort_by(f64::total_cmp);
+    println!(
+        "bench_small_submitted_p50 {:.3}",
+        percentile(&submitted, 0.5)
+    );
+    println!("bench_small_submitted_max {:.3}", submitted[4]);
+    println!("bench_small_end_to_end_p50 {:.2}", percentile(&total, 0.5));
+    println!("bench_small_end_to_end_max {:.2}", total[4]);
+}
+
 /// The upload benchmark: an 89 MB workspace (60 MB random, 3,000 text
 /// files) five times under the default choice; 300 MB and 1 GB of random
 /// data each way (parts, S3) and under the default choice; all end to end

@@ -1131,6 +1131,11 @@ impl FakeFirecrest {
         self.core.lock().log.clone()
     }
 
+    /// The clock of [`LogEntry::at`]: how long the double has been up.
+    pub fn since_start(&self) -> Duration {
+        self.core.started.elapsed()
+    }
+
     /// Requests seen for `route`, whatever their answer.
     pub fn count(&self, route: Route) -> usize {
         self.core
