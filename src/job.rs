@@ -68,45 +68,9 @@ pub trait OutputSink: Send + Sync {
     fn job_output(&self, bytes: &[u8]);
 }
 
-/// How often to look; defaults need no tuning.
-#[derive(Debug, Clone)]
-pub struct WatchSettings {
-    /// The safety net: job state reads while the job runs and its output
-    /// reports nothing about its end.
-    pub state_interval: Duration,
-    /// Output reads while output flows.
-    pub log_interval: Duration,
-    /// Output reads back off to this while the job is quiet ...
-    pub log_max_interval: Duration,
-    /// ... and to this (or `log_max_interval` if longer) once the output
-    /// was quiet for `silent_after`.
-    pub silent_interval: Duration,
-    pub silent_after: Duration,
-    /// How long the scheduler may not know a job it just accepted.
-    pub submit_grace: Duration,
-    /// How long the state may fail to be read before the run gives up.
-    pub error_budget: Duration,
-    /// After the job ended: keep reading until the output was quiet this long.
-    pub drain_quiet: Duration,
-    /// ... but never longer than this.
-    pub drain_max: Duration,
-}
-
-impl Default for WatchSettings {
-    fn default() -> Self {
-        Self {
-            state_interval: Duration::from_secs(30),
-            log_interval: Duration::from_secs(1),
-            log_max_interval: Duration::from_secs(4),
-            silent_interval: Duration::from_secs(10),
-            silent_after: Duration::from_secs(30),
-            submit_grace: Duration::from_secs(120),
-            error_budget: Duration::from_secs(600),
-            drain_quiet: Duration::from_secs(2),
-            drain_max: Duration::from_secs(30),
-        }
-    }
-}
+/// How often to look; defaults need no tuning. One type with the
+/// configuration's poll settings, so no field is copied across.
+pub use crate::config::PollSettings as WatchSettings;
 
 /// One output file of the job and how far it has been shown.
 #[derive(Debug)]

@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::config::slurm::{self, SlurmTime};
 use crate::outcome::codes;
 use crate::secret::Secret;
 
@@ -53,15 +54,9 @@ pub const SCRIPT_END_MARKER: &[u8] = b"firecrest-ci: end of the batch script";
 /// variables may not use it.
 const INTERNAL_PREFIX: &str = "_fci_";
 
-/// What the job runs in the workspace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Shell commands, run like a GitHub `run:` block (`set -eo pipefail`).
-    Inline(String),
-    /// A script in the workspace (relative path): run as a program when it
-    /// starts with `#!`, else with `bash`.
-    ScriptFile(String),
-}
+/// What the job runs in the workspace: the configuration's type, so the
+/// input and the script cannot disagree.
+pub use crate::config::UserCommand as Command;
 
 /// Everything the batch script needs. Account, partition and reservation
 /// are absent on purpose: they go through the submit request.
@@ -75,8 +70,8 @@ pub struct ScriptSpec {
     pub output_file: String,
     /// Absolute path for stderr; `None` merges stderr into `output_file`.
     pub error_file: Option<String>,
-    /// Slurm time format (`30`, `1:30:00`, `1-12:00:00`); `None`: the partition's default.
-    pub time_limit: Option<String>,
+    /// Rendered in Slurm's format (`01:30:00`, `1-12:00:00`); `None`: the partition's default.
+    pub time_limit: Option<SlurmTime>,
     /// `N` or `MIN-MAX`; `None`: Slurm's default.
     pub nodes: Option<String>,
     pub ntasks: Option<u32>,
@@ -259,30 +254,6 @@ pub fn render_env_file(env: &BTreeMap<String, Secret>) -> String {
     out
 }
 
-/// Checks a Slurm time limit: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
-/// `D-HH:MM:SS`, `UNLIMITED` or `INFINITE`.
-pub fn validate_time_limit(value: &str) -> Result<()> {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit());
-    let ok = match value {
-        "UNLIMITED" | "INFINITE" | "unlimited" | "infinite" => true,
-        _ => match value.split_once('-') {
-            Some((days, rest)) => {
-                let parts: Vec<&str> = rest.split(':').collect();
-                digits(days) && parts.len() <= 3 && parts.iter().all(|p| digits(p))
-            }
-            None => {
-                let parts: Vec<&str> = value.split(':').collect();
-                parts.len() <= 3 && parts.iter().all(|p| digits(p))
-            }
-        },
-    };
-    ensure!(
-        ok,
-        "time limit {value:?} is not in Slurm's format (MM, HH:MM:SS, D-HH:MM:SS)"
-    );
-    Ok(())
-}
-
 /// Splits one extra `sbatch` option line into words (shell-like quoting, as
 /// `sbatch` reads `#SBATCH` lines) and refuses options the tool sets itself
 /// or that would stop it from following the job.
@@ -307,11 +278,11 @@ pub fn validate_sbatch_option(line: &str) -> Result<Vec<String>> {
 }
 
 /// Why `word` may not be passed to sbatch: the one table of reserved
-/// options (`crate::sbatch`), which input parsing reads too.
+/// options (`crate::config::slurm`), which input parsing reads too.
 fn reserved_option(word: &str) -> Option<&'static str> {
     let reserved = match word.strip_prefix("--") {
-        Some(long) => crate::sbatch::reserved_long(long.split('=').next().unwrap_or("")),
-        None => crate::sbatch::reserved_short(word.strip_prefix('-')?.chars().next()?),
+        Some(long) => slurm::reserved_long(long.split('=').next().unwrap_or("")),
+        None => slurm::reserved_short(word.strip_prefix('-')?.chars().next()?),
     };
     reserved.map(|r| r.reason)
 }
@@ -338,8 +309,7 @@ fn sbatch_lines(spec: &ScriptSpec, s: &mut String) -> Result<()> {
     // growing and the client's read offset stays valid.
     line("open-mode", "append");
     if let Some(time) = &spec.time_limit {
-        validate_time_limit(time)?;
-        line("time", time);
+        line("time", &time.to_string());
     }
     if let Some(nodes) = &spec.nodes {
         let ok = match nodes.split_once('-') {
@@ -508,7 +478,7 @@ mod tests {
             run_dir: run_dir.into(),
             output_file: format!("{run_dir}/job.out"),
             error_file: None,
-            time_limit: Some("00:30:00".into()),
+            time_limit: SlurmTime::parse_slurm("00:30:00"),
             nodes: Some("1".into()),
             ntasks: Some(4),
             gpus: Some("a100:1".into()),
@@ -602,18 +572,6 @@ mod tests {
                 Box::new(|s| s.job_name = "x\recho pwned".into()),
             ),
             ("job name", Box::new(|s| s.job_name = "my-hetjob".into())),
-            (
-                "time limit",
-                Box::new(|s| s.time_limit = Some("10\nrm -rf ~".into())),
-            ),
-            (
-                "time limit",
-                Box::new(|s| s.time_limit = Some("10 --wrap=x".into())),
-            ),
-            (
-                "time limit",
-                Box::new(|s| s.time_limit = Some("1:2:3:4".into())),
-            ),
             ("nodes", Box::new(|s| s.nodes = Some("1 #x".into()))),
             ("nodes", Box::new(|s| s.nodes = Some("0".into()))),
             ("gpus", Box::new(|s| s.gpus = Some("a100:1 --x".into()))),
@@ -731,10 +689,22 @@ mod tests {
             "1-12:00:00",
             "UNLIMITED",
         ] {
-            assert!(validate_time_limit(ok).is_ok(), "{ok}");
+            assert!(SlurmTime::parse_slurm(ok).is_some(), "{ok}");
         }
-        for bad in ["", "1h", "-1", "1-", "1:2:3:4", "1-2:3:4:5", "1 2"] {
-            assert!(validate_time_limit(bad).is_err(), "{bad}");
+        // A time limit reaches the script only as a SlurmTime, so text that
+        // could add to the #SBATCH line (the old render cases) cannot be one.
+        for bad in [
+            "",
+            "1h",
+            "-1",
+            "1-",
+            "1:2:3:4",
+            "1-2:3:4:5",
+            "1 2",
+            "10\nrm -rf ~",
+            "10 --wrap=x",
+        ] {
+            assert!(SlurmTime::parse_slurm(bad).is_none(), "{bad}");
         }
     }
 
@@ -1382,7 +1352,7 @@ mod tests {
     /// and others through.)
     #[test]
     fn every_reserved_option_is_refused_long_short_and_abbreviated() {
-        for reserved in crate::sbatch::RESERVED_OPTIONS {
+        for reserved in crate::config::slurm::RESERVED_OPTIONS {
             let long = format!("--{}=x", reserved.long);
             assert!(validate_sbatch_option(&long).is_err(), "{long}");
             let prefix = format!("--{}=x", &reserved.long[..reserved.long.len().min(4)]);
