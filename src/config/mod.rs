@@ -28,7 +28,7 @@ pub use crate::transfer::TransferThreshold;
 pub use connection::{Connection, Credentials, FirecrestSettings};
 pub use identity::RunIdentity;
 pub use inputs::{inputs_markdown_table, unknown_input_warnings, InputSpec, INPUTS};
-pub use slurm::{Resources, SlurmTime};
+pub use slurm::{Gpus, Nodes, Resources, SlurmTime};
 pub use values::{ConfigErrors, ConfigProblem};
 
 use inputs::Inputs;
@@ -613,9 +613,9 @@ mod tests {
                 reservation: Some("maint".into()),
                 constraint: Some("gpu&(a100|h100)".into()),
                 time_limit: SlurmTime::parse_slurm("01:30:00"),
-                nodes: Some("1-4".into()),
+                nodes: Nodes::parse("1-4").ok(),
                 ntasks: Some(8),
-                gpus: Some("a100:4".into()),
+                gpus: Gpus::parse("a100:4").ok(),
                 sbatch_options: vec!["--mem=8G".into(), "--exclusive".into()],
             }
         );

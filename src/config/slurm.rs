@@ -21,10 +21,10 @@ pub struct Resources {
     /// Above zero; displays as `HH:MM:SS` or `D-HH:MM:SS`, e.g. `01:30:00`.
     pub time_limit: Option<SlurmTime>,
     /// `N` or `MIN-MAX`.
-    pub nodes: Option<String>,
+    pub nodes: Option<Nodes>,
     pub ntasks: Option<u32>,
     /// `N` or `TYPE:N`.
-    pub gpus: Option<String>,
+    pub gpus: Option<Gpus>,
     /// One option each, `--name=value`, `--flag`, `-Xvalue` or `-X value`;
     /// comments and blank lines dropped.
     pub sbatch_options: Vec<String>,
@@ -78,12 +78,12 @@ pub(super) fn resources(raw: &Inputs, p: &mut Problems) -> Resources {
             ),
         ),
         time_limit: p.input(raw, &inputs::TIME_LIMIT, SlurmTime::parse_input),
-        nodes: p.input(raw, &inputs::NODES, parse_nodes),
+        nodes: p.input(raw, &inputs::NODES, Nodes::parse),
         ntasks: p.input(raw, &inputs::NTASKS, |v| {
             parse_positive(v)
                 .ok_or_else(|| "must be a positive whole number of tasks, e.g. 4".to_string())
         }),
-        gpus: p.input(raw, &inputs::GPUS, parse_gpus),
+        gpus: p.input(raw, &inputs::GPUS, Gpus::parse),
         sbatch_options: sbatch_options(p, raw.get(&inputs::SBATCH_OPTIONS)),
     }
 }
@@ -195,28 +195,73 @@ fn slurm_time_seconds(value: &str) -> Option<u64> {
         .checked_add(s)
 }
 
-fn parse_nodes(value: &str) -> Result<String, String> {
-    const EXPECTED: &str = "must be a positive number of nodes N or a range MIN-MAX, e.g. 2 or 1-4";
-    match value.split_once('-') {
-        None => parse_positive(value).map(|n| n.to_string()),
-        Some((min, max)) => match (parse_positive(min), parse_positive(max)) {
-            (Some(min), Some(max)) if min <= max => Some(format!("{min}-{max}")),
-            _ => None,
-        },
-    }
-    .ok_or_else(|| EXPECTED.to_string())
+/// `--nodes`: a count, or a range MIN-MAX, each above zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nodes {
+    min: u32,
+    /// At least `min`; `None` for a plain count.
+    max: Option<u32>,
 }
 
-fn parse_gpus(value: &str) -> Result<String, String> {
-    const EXPECTED: &str = "must be a positive number of GPUs N or TYPE:N, e.g. 4 or a100:4";
-    let parsed = match value.split_once(':') {
-        None => parse_positive(value).map(|n| n.to_string()),
-        Some((kind, count)) if is_name(kind, "") => {
-            parse_positive(count).map(|n| format!("{kind}:{n}"))
+impl Nodes {
+    /// The `nodes` input (and the script's value): `N` or `MIN-MAX`.
+    pub fn parse(value: &str) -> Result<Nodes, String> {
+        const EXPECTED: &str =
+            "must be a positive number of nodes N or a range MIN-MAX, e.g. 2 or 1-4";
+        match value.split_once('-') {
+            None => parse_positive(value).map(|min| Nodes { min, max: None }),
+            Some((min, max)) => match (parse_positive(min), parse_positive(max)) {
+                (Some(min), Some(max)) if min <= max => Some(Nodes {
+                    min,
+                    max: Some(max),
+                }),
+                _ => None,
+            },
         }
-        Some(_) => None,
-    };
-    parsed.ok_or_else(|| EXPECTED.to_string())
+        .ok_or_else(|| EXPECTED.to_string())
+    }
+}
+
+impl fmt::Display for Nodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.max {
+            Some(max) => write!(f, "{}-{max}", self.min),
+            None => write!(f, "{}", self.min),
+        }
+    }
+}
+
+/// `--gpus`: a count above zero, of one GPU type or of any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpus {
+    /// Letters, digits, `.`, `_` and `-`, e.g. `a100`.
+    kind: Option<String>,
+    count: u32,
+}
+
+impl Gpus {
+    /// The `gpus` input (and the script's value): `N` or `TYPE:N`.
+    pub fn parse(value: &str) -> Result<Gpus, String> {
+        const EXPECTED: &str = "must be a positive number of GPUs N or TYPE:N, e.g. 4 or a100:4";
+        let parsed = match value.split_once(':') {
+            None => parse_positive(value).map(|count| Gpus { kind: None, count }),
+            Some((kind, count)) if is_name(kind, "") => parse_positive(count).map(|count| Gpus {
+                kind: Some(kind.to_string()),
+                count,
+            }),
+            Some(_) => None,
+        };
+        parsed.ok_or_else(|| EXPECTED.to_string())
+    }
+}
+
+impl fmt::Display for Gpus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Some(kind) => write!(f, "{kind}:{}", self.count),
+            None => write!(f, "{}", self.count),
+        }
+    }
 }
 
 /// sbatch short options that take a value (`-c 4`, `-c4`), per `man sbatch`;
@@ -424,6 +469,7 @@ mod tests {
             ok(&fx, &[("FIRECREST_NODES", "4")])
                 .resources
                 .nodes
+                .map(|n| n.to_string())
                 .as_deref(),
             Some("4")
         );
@@ -431,6 +477,7 @@ mod tests {
             ok(&fx, &[("FIRECREST_NODES", "2-8")])
                 .resources
                 .nodes
+                .map(|n| n.to_string())
                 .as_deref(),
             Some("2-8")
         );
@@ -454,6 +501,7 @@ mod tests {
             ok(&fx, &[("FIRECREST_GPUS", "4")])
                 .resources
                 .gpus
+                .map(|g| g.to_string())
                 .as_deref(),
             Some("4")
         );
@@ -461,6 +509,7 @@ mod tests {
             ok(&fx, &[("FIRECREST_GPUS", "nvidia_a100:2")])
                 .resources
                 .gpus
+                .map(|g| g.to_string())
                 .as_deref(),
             Some("nvidia_a100:2")
         );

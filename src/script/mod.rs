@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::config::slurm::{self, SlurmTime};
+use crate::config::slurm::{self, Gpus, Nodes, SlurmTime};
 use crate::outcome::codes;
 use crate::secret::Secret;
 
@@ -73,10 +73,10 @@ pub struct ScriptSpec {
     /// Rendered in Slurm's format (`01:30:00`, `1-12:00:00`); `None`: the partition's default.
     pub time_limit: Option<SlurmTime>,
     /// `N` or `MIN-MAX`; `None`: Slurm's default.
-    pub nodes: Option<String>,
+    pub nodes: Option<Nodes>,
     pub ntasks: Option<u32>,
     /// `N` or `TYPE:N`.
-    pub gpus: Option<String>,
+    pub gpus: Option<Gpus>,
     pub constraint: Option<String>,
     /// More `sbatch` options, one per entry, e.g. `--mem=8G`.
     pub extra_options: Vec<String>,
@@ -312,28 +312,14 @@ fn sbatch_lines(spec: &ScriptSpec, s: &mut String) -> Result<()> {
         line("time", &time.to_string());
     }
     if let Some(nodes) = &spec.nodes {
-        let ok = match nodes.split_once('-') {
-            Some((min, max)) => is_count(min) && is_count(max),
-            None => is_count(nodes),
-        };
-        ensure!(ok, "nodes {nodes:?} is not N or MIN-MAX");
-        line("nodes", nodes);
+        line("nodes", &nodes.to_string());
     }
     if let Some(ntasks) = spec.ntasks {
         ensure!(ntasks > 0, "ntasks must be at least 1");
         line("ntasks", &ntasks.to_string());
     }
     if let Some(gpus) = &spec.gpus {
-        let (kind, count) = gpus.rsplit_once(':').unwrap_or(("x", gpus));
-        let kind_ok = !kind.is_empty()
-            && kind
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        ensure!(
-            kind_ok && is_count(count),
-            "gpus {gpus:?} is not N or TYPE:N"
-        );
-        line("gpus", gpus);
+        line("gpus", &gpus.to_string());
     }
     if let Some(constraint) = &spec.constraint {
         ensure!(!constraint.trim().is_empty(), "the constraint is empty");
@@ -452,10 +438,6 @@ fn file_name<'a>(what: &str, name: &'a str) -> Result<&'a str> {
     Ok(name)
 }
 
-fn is_count(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()) && s != "0"
-}
-
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -479,9 +461,9 @@ mod tests {
             output_file: format!("{run_dir}/job.out"),
             error_file: None,
             time_limit: SlurmTime::parse_slurm("00:30:00"),
-            nodes: Some("1".into()),
+            nodes: Nodes::parse("1").ok(),
             ntasks: Some(4),
-            gpus: Some("a100:1".into()),
+            gpus: Gpus::parse("a100:1").ok(),
             constraint: Some("gpu&(a100|h100)".into()),
             extra_options: vec!["--mem=8G".into()],
             archive_parts: vec!["ws.tar.gz".into()],
@@ -534,8 +516,8 @@ mod tests {
         s.job_name = "my \"job\" #1".into();
         s.error_file = Some("/scratch/u/my run%1/job.err".into());
         s.time_limit = None;
-        s.nodes = Some("2-4".into());
-        s.gpus = Some("2".into());
+        s.nodes = Nodes::parse("2-4").ok();
+        s.gpus = Gpus::parse("2").ok();
         s.extra_options = vec![
             "--comment=\"hello world\"".into(),
             "--exclusive --mail-type=END,FAIL".into(),
@@ -572,9 +554,6 @@ mod tests {
                 Box::new(|s| s.job_name = "x\recho pwned".into()),
             ),
             ("job name", Box::new(|s| s.job_name = "my-hetjob".into())),
-            ("nodes", Box::new(|s| s.nodes = Some("1 #x".into()))),
-            ("nodes", Box::new(|s| s.nodes = Some("0".into()))),
-            ("gpus", Box::new(|s| s.gpus = Some("a100:1 --x".into()))),
             (
                 "constraint",
                 Box::new(|s| s.constraint = Some("gpu\n#SBATCH --x".into())),
@@ -706,6 +685,11 @@ mod tests {
         ] {
             assert!(SlurmTime::parse_slurm(bad).is_none(), "{bad}");
         }
+        // Likewise nodes and GPUs reach it only as Nodes and Gpus.
+        for bad in ["1 #x", "0"] {
+            assert!(Nodes::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Gpus::parse("a100:1 --x").is_err());
     }
 
     #[test]
