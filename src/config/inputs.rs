@@ -512,27 +512,13 @@ pub fn unknown_input_warnings(env: &BTreeMap<String, String>) -> Vec<String> {
         .filter_map(|name| {
             let (distance, closest) = INPUTS
                 .iter()
-                .map(|spec| (edit_distance(name, spec.env), spec.env))
+                .map(|spec| (strsim::levenshtein(name, spec.env), spec.env))
                 .min()?;
             (distance <= 3).then(|| {
                 format!("{name} is not an input of firecrest-ci and is ignored; did you mean {closest}?")
             })
         })
         .collect()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
 }
 
 #[cfg(test)]
@@ -612,7 +598,7 @@ mod tests {
             warnings[1].starts_with("FIRECREST_TIMELIMIT ")
                 && warnings[1].ends_with("FIRECREST_TIME_LIMIT?")
         );
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(strsim::levenshtein("kitten", "sitting"), 3);
+        assert_eq!(strsim::levenshtein("", "abc"), 3);
     }
 }
