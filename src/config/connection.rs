@@ -40,7 +40,7 @@ pub struct FirecrestSettings {
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub backend: BackendKind,
-    /// `Some` for the firecrest backend (see [`Config::firecrest`]).
+    /// `Some` for the firecrest backend (see [`Config::firecrest`](super::Config::firecrest)).
     pub firecrest: Option<FirecrestSettings>,
     /// Placement and resources, which `check` holds against the cluster.
     pub resources: Resources,
@@ -53,7 +53,7 @@ pub struct Connection {
 
 impl Connection {
     /// Reads and validates only what reaching the cluster needs, the same
-    /// way [`Config::from_env`] does: `cancel` and `check` need no command,
+    /// way [`Config::from_env`](super::Config::from_env) does: `cancel` and `check` need no command,
     /// no workspace and no job inputs. No I/O.
     pub fn from_env(env: &BTreeMap<String, String>) -> Result<Connection, ConfigErrors> {
         let mut p = Problems::default();

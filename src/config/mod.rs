@@ -2,10 +2,15 @@
 //! every problem is found and reported at once, before anything is sent, and
 //! each message names the variable it comes from and what a valid value is.
 //!
-//! Two phases, as ripgrep's low and high arguments: [`parse`] reads every
+//! The files: `inputs.rs` (the table), `values.rs` (scalar parsers and the
+//! problem list), `slurm.rs` (Slurm values and reserved options),
+//! `connection.rs` (backend, FirecREST, credentials), `identity.rs` (run
+//! identity), `resolve.rs` (the file-system phase).
+//!
+//! Two phases, as ripgrep's low and high arguments: `parse` reads every
 //! input through its entry in the [`INPUTS`] table into typed values without
-//! any I/O, then [`resolve`] holds the result against the file system (the
-//! workspace, the script, the log file's directory). Both add to one list of
+//! any I/O, then `resolve` holds the result against the file system (the
+//! workspace, the script, the log file's directory, in `resolve.rs`). Both add to one list of
 //! problems, so every problem is still reported at once. The environment
 //! arrives as a map, so tests never touch the process environment. The
 //! [`INPUTS`] table is the single source of truth for the README,

@@ -31,7 +31,7 @@ impl fmt::Display for ConfigProblem {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", one_line_each(.problems))]
 pub struct ConfigErrors {
-    /// In the order of [`INPUTS`] (lines of one input in their order); never empty.
+    /// In the order of [`INPUTS`](super::INPUTS) (lines of one input in their order); never empty.
     pub problems: Vec<ConfigProblem>,
 }
 
