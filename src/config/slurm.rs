@@ -679,4 +679,22 @@ mod tests {
         assert!(reserved_long("").is_none());
         assert!(reserved_short('c').is_none());
     }
+
+    #[test]
+    fn slurm_time_reads_slurm_text_and_gives_a_duration() {
+        let secs = |text: &str| SlurmTime::parse_slurm(text).map(|t| t.as_duration());
+        assert_eq!(secs("30"), Some(Some(Duration::from_secs(1800))));
+        assert_eq!(secs("1:30"), Some(Some(Duration::from_secs(90))));
+        assert_eq!(secs("1-00:00:01"), Some(Some(Duration::from_secs(86_401))));
+        for unlimited in ["UNLIMITED", "infinite", "0"] {
+            assert_eq!(secs(unlimited), Some(None), "{unlimited}");
+        }
+        assert_eq!(SlurmTime::Unlimited.to_string(), "UNLIMITED");
+        for text in ["00:30:00", "1-12:00:00"] {
+            let time = SlurmTime::parse_slurm(text).unwrap();
+            assert_eq!(time.to_string(), text);
+            assert_eq!(SlurmTime::parse_input(text), Ok(time));
+        }
+        assert!(SlurmTime::parse_input("UNLIMITED").is_err());
+    }
 }
