@@ -70,54 +70,9 @@ pub trait OutputSink: Send + Sync {
     fn job_output(&self, bytes: &[u8]);
 }
 
-/// How often to look; defaults need no tuning.
-#[derive(Debug, Clone)]
-pub struct WatchSettings {
-    /// The safety net: job state reads while the job runs and its output
-    /// reports nothing about its end.
-    pub state_interval: Duration,
-    /// Output reads while output flows.
-    pub log_interval: Duration,
-    /// Output reads back off to this while the job is quiet ...
-    pub log_max_interval: Duration,
-    /// ... and to this (or `log_max_interval` if longer) once the output
-    /// was quiet for `silent_after`.
-    pub silent_interval: Duration,
-    pub silent_after: Duration,
-    /// How long the scheduler may not know a job it just accepted.
-    pub submit_grace: Duration,
-    /// How long the state may fail to be read before the run gives up.
-    pub error_budget: Duration,
-    /// After the job ended: keep reading until the output was quiet this long.
-    pub drain_quiet: Duration,
-    /// ... but never longer than this.
-    pub drain_max: Duration,
-}
-
-impl Default for WatchSettings {
-    fn default() -> Self {
-        Self {
-            // A job killed with its node prints nothing more: this is how
-            // long such a job may go unnoticed. Markers in the output say
-            // everything else, so this costs little (1.3 reads a minute).
-            state_interval: Duration::from_secs(45),
-            log_interval: Duration::from_secs(1),
-            // A burst after a quiet stretch is shown within this (plus one
-            // read): issue 12's line-delay target is a 95th percentile of
-            // 3 s on a job with bursts after quiet minutes.
-            log_max_interval: Duration::from_millis(2500),
-            // Quiet for longer than the quiet stretches of an ordinary job
-            // (a minute of compiling, a test that sleeps): a job silent for
-            // minutes then costs about 5 output reads a minute.
-            silent_interval: Duration::from_secs(12),
-            silent_after: Duration::from_secs(75),
-            submit_grace: Duration::from_secs(120),
-            error_budget: Duration::from_secs(600),
-            drain_quiet: Duration::from_secs(2),
-            drain_max: Duration::from_secs(30),
-        }
-    }
-}
+/// How often to look; defaults need no tuning. One type with the
+/// configuration's poll settings, so no field is copied across.
+pub use crate::config::PollSettings as WatchSettings;
 
 /// One output file of the job and how far it has been shown.
 #[derive(Debug)]

@@ -16,8 +16,10 @@ pub mod outcome;
 pub mod placement;
 pub mod progress;
 pub mod run;
-pub mod sbatch;
 pub mod script;
 pub mod secret;
 pub mod transfer;
 pub mod workspace;
+
+/// The reserved-option table's old path; it lives in [`config::slurm`].
+pub use config::slurm as sbatch;

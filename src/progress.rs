@@ -134,17 +134,7 @@ fn format_rate(bytes: u64, elapsed: Duration) -> String {
 
 /// Binary units with one decimal, e.g. `12.3 MiB`; shared by the step summaries.
 pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
 }
 
 /// Whole seconds, minutes and hours, e.g. `42s`, `3m05s`, `1h02m`.

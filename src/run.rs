@@ -14,7 +14,7 @@ use crate::backend::{
     self, Backend, GrowingArchive, JobId, JobSpec, JobStatus, Packed, StagedWorkspace,
 };
 use crate::ci::Ci;
-use crate::config::{BackendKind, Config, Connection, Credentials, TransferThreshold, UserCommand};
+use crate::config::{BackendKind, Config, Connection, Credentials, TransferThreshold};
 use crate::handback;
 use crate::job::{Missing, OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
 use crate::outcome::{self, codes, Outcome};
@@ -485,7 +485,7 @@ fn script_spec(
         error_file: config
             .separate_stderr
             .then(|| format!("{run_dir}/{}", attempt.file(ERROR_NAME))),
-        time_limit: resources.time_limit.clone(),
+        time_limit: resources.time_limit,
         nodes: resources.nodes.clone(),
         ntasks: resources.ntasks,
         gpus: resources.gpus.clone(),
@@ -494,10 +494,7 @@ fn script_spec(
         archive_parts: staged.parts.clone(),
         archive_sha256: pack.sha256.clone(),
         env_file: (!config.env_vars.is_empty()).then(|| ENV_FILE_NAME.to_string()),
-        command: match &config.command {
-            UserCommand::Inline(text) => script::Command::Inline(text.clone()),
-            UserCommand::ScriptFile(path) => script::Command::ScriptFile(path.clone()),
-        },
+        command: config.command.clone(),
         artifacts: config.artifacts.clone(),
         artifacts_archive: format!("{run_dir}/{}", attempt.file(ARTIFACTS_NAME)),
         artifacts_part_size,
@@ -553,13 +550,7 @@ async fn watch_job(
     if config.separate_stderr {
         files.push(OutputFile::new(remote.path(&attempt.file(ERROR_NAME))));
     }
-    let settings = WatchSettings {
-        state_interval: config.poll.state_interval,
-        log_interval: config.poll.log_interval,
-        log_max_interval: config.poll.log_max_interval,
-        submit_grace: config.poll.submit_grace,
-        ..WatchSettings::default()
-    };
+    let settings: WatchSettings = config.poll.clone();
     let deadline = config
         .timeout
         .map(|t| tokio::time::Instant::now() + t.saturating_sub(START.elapsed()));

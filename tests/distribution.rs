@@ -562,7 +562,7 @@ fn descriptions_are_generated_from_the_input_table() {
     }
     assert!(
         stale.is_empty(),
-        "descriptions differ from src/config.rs INPUTS; run \
+        "descriptions differ from src/config/inputs.rs INPUTS; run \
          FIRECREST_CI_REGENERATE=1 cargo test --test distribution descriptions:\n{}",
         stale.join("\n")
     );

@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::config::slurm::{self, Gpus, Nodes, SlurmTime};
 use crate::outcome::codes;
 use crate::secret::Secret;
 
@@ -53,15 +54,9 @@ pub const SCRIPT_END_MARKER: &[u8] = b"firecrest-ci: end of the batch script";
 /// variables may not use it.
 const INTERNAL_PREFIX: &str = "_fci_";
 
-/// What the job runs in the workspace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Shell commands, run like a GitHub `run:` block (`set -eo pipefail`).
-    Inline(String),
-    /// A script in the workspace (relative path): run as a program when it
-    /// starts with `#!`, else with `bash`.
-    ScriptFile(String),
-}
+/// What the job runs in the workspace: the configuration's type, so the
+/// input and the script cannot disagree.
+pub use crate::config::UserCommand as Command;
 
 /// Everything the batch script needs. Account, partition and reservation
 /// are absent on purpose: they go through the submit request.
@@ -75,13 +70,13 @@ pub struct ScriptSpec {
     pub output_file: String,
     /// Absolute path for stderr; `None` merges stderr into `output_file`.
     pub error_file: Option<String>,
-    /// Slurm time format (`30`, `1:30:00`, `1-12:00:00`); `None`: the partition's default.
-    pub time_limit: Option<String>,
+    /// Rendered in Slurm's format (`01:30:00`, `1-12:00:00`); `None`: the partition's default.
+    pub time_limit: Option<SlurmTime>,
     /// `N` or `MIN-MAX`; `None`: Slurm's default.
-    pub nodes: Option<String>,
+    pub nodes: Option<Nodes>,
     pub ntasks: Option<u32>,
     /// `N` or `TYPE:N`.
-    pub gpus: Option<String>,
+    pub gpus: Option<Gpus>,
     pub constraint: Option<String>,
     /// More `sbatch` options, one per entry, e.g. `--mem=8G`.
     pub extra_options: Vec<String>,
@@ -259,30 +254,6 @@ pub fn render_env_file(env: &BTreeMap<String, Secret>) -> String {
     out
 }
 
-/// Checks a Slurm time limit: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
-/// `D-HH:MM:SS`, `UNLIMITED` or `INFINITE`.
-pub fn validate_time_limit(value: &str) -> Result<()> {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit());
-    let ok = match value {
-        "UNLIMITED" | "INFINITE" | "unlimited" | "infinite" => true,
-        _ => match value.split_once('-') {
-            Some((days, rest)) => {
-                let parts: Vec<&str> = rest.split(':').collect();
-                digits(days) && parts.len() <= 3 && parts.iter().all(|p| digits(p))
-            }
-            None => {
-                let parts: Vec<&str> = value.split(':').collect();
-                parts.len() <= 3 && parts.iter().all(|p| digits(p))
-            }
-        },
-    };
-    ensure!(
-        ok,
-        "time limit {value:?} is not in Slurm's format (MM, HH:MM:SS, D-HH:MM:SS)"
-    );
-    Ok(())
-}
-
 /// Splits one extra `sbatch` option line into words (shell-like quoting, as
 /// `sbatch` reads `#SBATCH` lines) and refuses options the tool sets itself
 /// or that would stop it from following the job.
@@ -307,11 +278,11 @@ pub fn validate_sbatch_option(line: &str) -> Result<Vec<String>> {
 }
 
 /// Why `word` may not be passed to sbatch: the one table of reserved
-/// options (`crate::sbatch`), which input parsing reads too.
+/// options (`crate::config::slurm`), which input parsing reads too.
 fn reserved_option(word: &str) -> Option<&'static str> {
     let reserved = match word.strip_prefix("--") {
-        Some(long) => crate::sbatch::reserved_long(long.split('=').next().unwrap_or("")),
-        None => crate::sbatch::reserved_short(word.strip_prefix('-')?.chars().next()?),
+        Some(long) => slurm::reserved_long(long.split('=').next().unwrap_or("")),
+        None => slurm::reserved_short(word.strip_prefix('-')?.chars().next()?),
     };
     reserved.map(|r| r.reason)
 }
@@ -338,32 +309,17 @@ fn sbatch_lines(spec: &ScriptSpec, s: &mut String) -> Result<()> {
     // growing and the client's read offset stays valid.
     line("open-mode", "append");
     if let Some(time) = &spec.time_limit {
-        validate_time_limit(time)?;
-        line("time", time);
+        line("time", &time.to_string());
     }
     if let Some(nodes) = &spec.nodes {
-        let ok = match nodes.split_once('-') {
-            Some((min, max)) => is_count(min) && is_count(max),
-            None => is_count(nodes),
-        };
-        ensure!(ok, "nodes {nodes:?} is not N or MIN-MAX");
-        line("nodes", nodes);
+        line("nodes", &nodes.to_string());
     }
     if let Some(ntasks) = spec.ntasks {
         ensure!(ntasks > 0, "ntasks must be at least 1");
         line("ntasks", &ntasks.to_string());
     }
     if let Some(gpus) = &spec.gpus {
-        let (kind, count) = gpus.rsplit_once(':').unwrap_or(("x", gpus));
-        let kind_ok = !kind.is_empty()
-            && kind
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        ensure!(
-            kind_ok && is_count(count),
-            "gpus {gpus:?} is not N or TYPE:N"
-        );
-        line("gpus", gpus);
+        line("gpus", &gpus.to_string());
     }
     if let Some(constraint) = &spec.constraint {
         ensure!(!constraint.trim().is_empty(), "the constraint is empty");
@@ -482,10 +438,6 @@ fn file_name<'a>(what: &str, name: &'a str) -> Result<&'a str> {
     Ok(name)
 }
 
-fn is_count(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()) && s != "0"
-}
-
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -508,10 +460,10 @@ mod tests {
             run_dir: run_dir.into(),
             output_file: format!("{run_dir}/job.out"),
             error_file: None,
-            time_limit: Some("00:30:00".into()),
-            nodes: Some("1".into()),
+            time_limit: SlurmTime::parse_slurm("00:30:00"),
+            nodes: Nodes::parse("1").ok(),
             ntasks: Some(4),
-            gpus: Some("a100:1".into()),
+            gpus: Gpus::parse("a100:1").ok(),
             constraint: Some("gpu&(a100|h100)".into()),
             extra_options: vec!["--mem=8G".into()],
             archive_parts: vec!["ws.tar.gz".into()],
@@ -564,8 +516,8 @@ mod tests {
         s.job_name = "my \"job\" #1".into();
         s.error_file = Some("/scratch/u/my run%1/job.err".into());
         s.time_limit = None;
-        s.nodes = Some("2-4".into());
-        s.gpus = Some("2".into());
+        s.nodes = Nodes::parse("2-4").ok();
+        s.gpus = Gpus::parse("2").ok();
         s.extra_options = vec![
             "--comment=\"hello world\"".into(),
             "--exclusive --mail-type=END,FAIL".into(),
@@ -602,21 +554,6 @@ mod tests {
                 Box::new(|s| s.job_name = "x\recho pwned".into()),
             ),
             ("job name", Box::new(|s| s.job_name = "my-hetjob".into())),
-            (
-                "time limit",
-                Box::new(|s| s.time_limit = Some("10\nrm -rf ~".into())),
-            ),
-            (
-                "time limit",
-                Box::new(|s| s.time_limit = Some("10 --wrap=x".into())),
-            ),
-            (
-                "time limit",
-                Box::new(|s| s.time_limit = Some("1:2:3:4".into())),
-            ),
-            ("nodes", Box::new(|s| s.nodes = Some("1 #x".into()))),
-            ("nodes", Box::new(|s| s.nodes = Some("0".into()))),
-            ("gpus", Box::new(|s| s.gpus = Some("a100:1 --x".into()))),
             (
                 "constraint",
                 Box::new(|s| s.constraint = Some("gpu\n#SBATCH --x".into())),
@@ -731,11 +668,28 @@ mod tests {
             "1-12:00:00",
             "UNLIMITED",
         ] {
-            assert!(validate_time_limit(ok).is_ok(), "{ok}");
+            assert!(SlurmTime::parse_slurm(ok).is_some(), "{ok}");
         }
-        for bad in ["", "1h", "-1", "1-", "1:2:3:4", "1-2:3:4:5", "1 2"] {
-            assert!(validate_time_limit(bad).is_err(), "{bad}");
+        // A time limit reaches the script only as a SlurmTime, so text that
+        // could add to the #SBATCH line (the old render cases) cannot be one.
+        for bad in [
+            "",
+            "1h",
+            "-1",
+            "1-",
+            "1:2:3:4",
+            "1-2:3:4:5",
+            "1 2",
+            "10\nrm -rf ~",
+            "10 --wrap=x",
+        ] {
+            assert!(SlurmTime::parse_slurm(bad).is_none(), "{bad}");
         }
+        // Likewise nodes and GPUs reach it only as Nodes and Gpus.
+        for bad in ["1 #x", "0"] {
+            assert!(Nodes::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Gpus::parse("a100:1 --x").is_err());
     }
 
     #[test]
@@ -1382,7 +1336,7 @@ mod tests {
     /// and others through.)
     #[test]
     fn every_reserved_option_is_refused_long_short_and_abbreviated() {
-        for reserved in crate::sbatch::RESERVED_OPTIONS {
+        for reserved in crate::config::slurm::RESERVED_OPTIONS {
             let long = format!("--{}=x", reserved.long);
             assert!(validate_sbatch_option(&long).is_err(), "{long}");
             let prefix = format!("--{}=x", &reserved.long[..reserved.long.len().min(4)]);
