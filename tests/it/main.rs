@@ -9,15 +9,22 @@
 //! them (`signals`); what the CI log says, in order (`messages`); what the
 //! job hands back to CI (`handback`); the container images, run as GitHub,
 //! GitLab and a plain `docker run` run them (`images`); the workspace upload's
-//! way, overlap and integrity (`upload_speed`).
+//! way, overlap and integrity (`upload_speed`). Below the whole runs: the
+//! `local` and `slurm` backends through the `Backend` trait (`backends`),
+//! the FirecREST client against recorded exchanges (`firecrest_client`),
+//! and `action.yml` and the GitLab files against the input table
+//! (`distribution`).
 
 mod artifacts;
+mod backends;
 mod bench;
+mod distribution;
 mod errors;
 mod fake;
 mod fake_replay;
 mod fake_selftest;
 mod faults;
+mod firecrest_client;
 mod first_contact;
 mod handback;
 mod harness;

@@ -445,7 +445,7 @@ async fn local_job_dies_with_the_tool() {
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "helper_submit_and_wait_to_be_killed",
+            "backends::helper_submit_and_wait_to_be_killed",
             "--ignored",
             "--nocapture",
         ])
@@ -465,7 +465,7 @@ async fn local_job_dies_with_the_tool() {
 // ---------------------------------------------------------------- slurm ---
 
 /// Why Slurm cannot be used here, or `None` when `sinfo` answers with a
-/// usable node. Asked once per test binary: a dead slurmctld makes `sinfo`
+/// usable node. Asked once per test run: a dead slurmctld makes `sinfo`
 /// wait for its timeout.
 fn slurm_unavailable() -> Option<String> {
     static ANSWER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
