@@ -1,6 +1,7 @@
 //! Integration tests: the real firecrest-ci code against a stateful FirecREST
 //! double (`fake`), which has self-tests of its own in `fake_selftest`;
-//! whole runs through the `local` backend (`local`) and a real Slurm (`slurm`);
+//! whole runs through the `local` backend (`local`) and a real Slurm (`slurm`),
+//! with the rows both must pass in one table (`backend_rows`);
 //! artifacts with unsafe entries, both ways (`artifacts`); a wrong or
 //! unreachable FirecREST or token URL, named within seconds
 //! (`first_contact`); input mistakes only the cluster sees, `check`,
@@ -16,6 +17,7 @@
 //! (`distribution`).
 
 mod artifacts;
+mod backend_rows;
 mod backends;
 mod bench;
 mod distribution;
