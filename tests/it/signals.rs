@@ -8,7 +8,6 @@
 //! answers like the recording) and against a real Slurm with Slurm's
 //! default KillWait of 30 s.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use firecrest_ci::outcome::codes;
@@ -283,11 +282,7 @@ fn artifacts_come_back_after_scancel_on_slurm() {
     let (mut setup, name) = slurm::setup("scancel-artifacts", PARTIAL_JOB);
     setup.set("FIRECREST_ARTIFACTS", "out/");
     let (child, started) = slurm::spawn_until_started(&setup, "fcit-running");
-    let cancel = Command::new("scancel")
-        .args(["-n", &name])
-        .output()
-        .expect("run scancel");
-    assert!(cancel.status.success(), "{cancel:?}");
+    slurm::scancel(&name);
     let out = wait(child, LIMIT, started);
     assert_eq!(out.code, codes::CANCELLED_ON_CLUSTER, "{}", out.both());
     assert_artifact(&setup, &out, "out/partial.txt", "partial\n");

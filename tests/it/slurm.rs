@@ -25,8 +25,9 @@ use crate::harness::{
 const LIMIT: Duration = Duration::from_secs(300);
 
 /// Why Slurm cannot be used here, or `None` when `sinfo` shows a usable
-/// node. Asked once: a dead slurmctld makes `sinfo` wait for its timeout.
-fn slurm_unavailable() -> Option<String> {
+/// node. Asked once per test run (here and in `backends`): a dead
+/// slurmctld makes `sinfo` wait for its timeout.
+pub(crate) fn slurm_unavailable() -> Option<String> {
     static ANSWER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     ANSWER
         .get_or_init(|| {
@@ -135,6 +136,15 @@ pub(crate) fn report(outcome: &Outcome) -> &str {
         .unwrap_or_else(|| panic!("no final report line\n{}", outcome.both()))
 }
 
+/// Cancels the jobs named `name` from the cluster's side, as a user would.
+pub(crate) fn scancel(name: &str) {
+    let cancel = Command::new("scancel")
+        .args(["-n", name])
+        .output()
+        .expect("run scancel");
+    assert!(cancel.status.success(), "{cancel:?}");
+}
+
 /// Starts the tool and returns once the job printed `marker`.
 pub(crate) fn spawn_until_started(setup: &Setup, marker: &str) -> (std::process::Child, Instant) {
     let started = Instant::now();
@@ -220,11 +230,7 @@ fn scancel_on_the_cluster_gives_120() {
     }
     let (setup, name) = setup("scancel", "echo fcit-running\nsleep 300\necho never");
     let (child, started) = spawn_until_started(&setup, "fcit-running");
-    let cancel = Command::new("scancel")
-        .args(["-n", &name])
-        .output()
-        .expect("run scancel");
-    assert!(cancel.status.success(), "{cancel:?}");
+    scancel(&name);
     let out = wait(child, LIMIT, started);
     assert_eq!(
         readme_exit_code("cancelled on the cluster"),
