@@ -415,3 +415,19 @@ pub fn github_output_records(text: &str) -> Vec<(String, String)> {
     }
     records
 }
+
+/// GitHub's grace between a cancel's SIGINT and its SIGTERM: a run that CI
+/// stops must be over by then.
+pub const CI_GRACE: Duration = Duration::from_millis(7500);
+
+/// The run, timed from the signal CI sent, exited with `code` within
+/// [`CI_GRACE`].
+pub fn assert_stopped_within_grace(out: &Outcome, code: i32) {
+    assert_eq!(out.code, code, "{}", out.both());
+    assert!(
+        out.elapsed < CI_GRACE,
+        "took {:?} after the signal\n{}",
+        out.elapsed,
+        out.both()
+    );
+}
