@@ -42,40 +42,28 @@ pub struct Setup {
 impl Setup {
     /// A run against `fake` with fast polling and the given job name.
     pub fn firecrest(fake: &FakeFirecrest, job_name: &str, run: &str) -> Self {
-        let workspace = tempfile::tempdir().expect("workspace");
-        std::fs::write(
-            workspace.path().join("hello.txt"),
-            "hello from the workspace\n",
+        Self::with_inputs(
+            run,
+            [
+                ("FIRECREST_URL", fake.url()),
+                ("FIRECREST_TOKEN_URL", fake.token_url()),
+                ("FIRECREST_CLIENT_ID", fake.client_id()),
+                ("FIRECREST_CLIENT_SECRET", fake.client_secret()),
+                ("FIRECREST_SYSTEM", fake.system()),
+                ("FIRECREST_JOB_NAME", job_name.to_string()),
+                ("FIRECREST_LOG_INTERVAL", "1s".to_string()),
+            ],
         )
-        .unwrap();
-        let mut env = BTreeMap::new();
-        for (k, v) in [
-            ("FIRECREST_URL", fake.url()),
-            ("FIRECREST_TOKEN_URL", fake.token_url()),
-            ("FIRECREST_CLIENT_ID", fake.client_id()),
-            ("FIRECREST_CLIENT_SECRET", fake.client_secret()),
-            ("FIRECREST_SYSTEM", fake.system()),
-            ("FIRECREST_JOB_NAME", job_name.to_string()),
-            ("FIRECREST_RUN", run.to_string()),
-            ("FIRECREST_POLL_INTERVAL", "1s".to_string()),
-            ("FIRECREST_LOG_INTERVAL", "1s".to_string()),
-            (
-                "FIRECREST_WORKSPACE",
-                workspace.path().display().to_string(),
-            ),
-            ("PATH", std::env::var("PATH").unwrap_or_default()),
-        ] {
-            env.insert(k.to_string(), v);
-        }
-        Setup {
-            workspace,
-            env,
-            remote: None,
-        }
     }
 
     /// A run on this machine, no cluster.
     pub fn local(run: &str) -> Self {
+        Self::with_inputs(run, [("FIRECREST_BACKEND", "local".to_string())])
+    }
+
+    /// A fresh workspace holding `hello.txt`, and the inputs every run has
+    /// (`run`, 1 s polling, the workspace, PATH) plus the backend's `inputs`.
+    fn with_inputs<const N: usize>(run: &str, inputs: [(&str, String); N]) -> Self {
         let workspace = tempfile::tempdir().expect("workspace");
         std::fs::write(
             workspace.path().join("hello.txt"),
@@ -84,7 +72,6 @@ impl Setup {
         .unwrap();
         let mut env = BTreeMap::new();
         for (k, v) in [
-            ("FIRECREST_BACKEND", "local".to_string()),
             ("FIRECREST_RUN", run.to_string()),
             ("FIRECREST_POLL_INTERVAL", "1s".to_string()),
             (
@@ -92,7 +79,10 @@ impl Setup {
                 workspace.path().display().to_string(),
             ),
             ("PATH", std::env::var("PATH").unwrap_or_default()),
-        ] {
+        ]
+        .into_iter()
+        .chain(inputs)
+        {
             env.insert(k.to_string(), v);
         }
         Setup {
@@ -424,4 +414,20 @@ pub fn github_output_records(text: &str) -> Vec<(String, String)> {
         }
     }
     records
+}
+
+/// GitHub's grace between a cancel's SIGINT and its SIGTERM: a run that CI
+/// stops must be over by then.
+pub const CI_GRACE: Duration = Duration::from_millis(7500);
+
+/// The run, timed from the signal CI sent, exited with `code` within
+/// [`CI_GRACE`].
+pub fn assert_stopped_within_grace(out: &Outcome, code: i32) {
+    assert_eq!(out.code, code, "{}", out.both());
+    assert!(
+        out.elapsed < CI_GRACE,
+        "took {:?} after the signal\n{}",
+        out.elapsed,
+        out.both()
+    );
 }

@@ -491,7 +491,7 @@ fn github_cancel_docker_stop_sigterm_cancels_the_job() {
 const PROJECT_DIR: &str = "/builds/group/project";
 
 /// The template's hidden job, whose script the component shares
-/// (tests/distribution.rs checks that).
+/// (tests/it/distribution.rs checks that).
 fn gitlab_job() -> Value {
     yaml("gitlab-template/firecrest-ci.gitlab-ci.yml")[".firecrest-ci"].clone()
 }

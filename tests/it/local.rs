@@ -2,7 +2,8 @@
 //! machine; no cluster, never skipped): the exit-code rows a job can reach,
 //! cancellation by CI with the process tree gone, the README's example job,
 //! the dry run of this repository, and bad inputs, each of which must end in
-//! exit 78 naming its variable before anything runs.
+//! exit 78 naming its variable before anything runs. The rows it shares with
+//! the `slurm` backend come from the table in `backend_rows`.
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -15,11 +16,11 @@ use firecrest_ci::outcome::codes;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::backend_rows::{backend_rows, job_lines, Row, Way};
 use crate::harness::{
-    binary, job_processes, readme_code, readme_exit_code, unique_name, wait, wait_until, Outcome,
-    Setup,
+    assert_stopped_within_grace, binary, job_processes, readme_code, readme_exit_code, unique_name,
+    wait, wait_until, Outcome, Setup,
 };
-use crate::slurm::{assert_streamed_once_in_order, SPLIT_WRITER};
 
 /// Generous bound for a short run: the machine may be loaded (tests share
 /// it with other builds), and a deadline only costs time on failure.
@@ -46,79 +47,35 @@ fn assert_nothing_left(setup: &Setup, name: &str, marker: &str) {
     assert_eq!(setup.left_behind(), Vec::<PathBuf>::new());
 }
 
-/// The job's own lines, between the prologue's and the epilogue's.
-fn job_lines(text: &str) -> Vec<&str> {
-    text.lines()
-        .skip_while(|l| !l.starts_with("firecrest-ci: workspace ready"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("firecrest-ci: commands exited"))
-        .collect()
-}
-
-fn log_file(setup: &Setup) -> String {
-    std::fs::read_to_string(setup.path().join("firecrest-ci.log")).expect("the local log file")
-}
-
 // ------------------------------------------------------------ exit codes ---
 
-#[test]
-fn exit_zero_streams_the_output_writes_the_log_and_cleans_up() {
-    let (setup, name) = setup(
-        "ok",
-        "echo first line from the job\ncat hello.txt\necho to-stderr >&2",
-    );
-    let out = setup.run(LIMIT);
-    assert_eq!(readme_exit_code("success"), codes::SUCCESS);
-    assert_eq!(out.code, codes::SUCCESS, "{}", out.both());
-    let expected = [
-        "first line from the job",
-        "hello from the workspace",
-        "to-stderr",
-    ];
-    assert_eq!(job_lines(&out.stdout), expected, "{}", out.both());
-    assert_eq!(job_lines(&log_file(&setup)), expected);
-    assert!(
-        out.stdout.contains("COMPLETED: exit code 0"),
-        "{}",
-        out.both()
-    );
-    assert_nothing_left(&setup, &name, &name);
+/// The local backend's way through the rows it shares with `slurm`.
+pub(crate) struct Local;
+
+impl Way for Local {
+    const LIMIT: Duration = LIMIT;
+
+    fn skipped(_test: &str) -> bool {
+        false
+    }
+
+    fn setup(tag: &str, run: &str) -> (Setup, String) {
+        setup(tag, run)
+    }
+
+    fn assert_state(out: &Outcome, _name: &str, row: &Row) {
+        if let Some(state) = row.state {
+            let shown = format!("{state}: exit code {}", row.code);
+            assert!(out.stdout.contains(&shown), "{}", out.both());
+        }
+    }
+
+    fn assert_nothing_left(setup: &Setup, name: &str) {
+        assert_nothing_left(setup, name, name);
+    }
 }
 
-#[test]
-fn exit_three_passes_the_code_through() {
-    let (setup, name) = setup("rc3", "echo before\nexit 3\necho never");
-    let out = setup.run(LIMIT);
-    assert_eq!(readme_code("the commands' own exit code"), "N");
-    assert_eq!(out.code, 3, "{}", out.both());
-    assert_eq!(job_lines(&out.stdout), ["before"], "{}", out.both());
-    assert!(out.stdout.contains("FAILED: exit code 3"), "{}", out.both());
-    assert_nothing_left(&setup, &name, &name);
-}
-
-#[test]
-fn exit_five_still_brings_the_artifacts_back() {
-    let (mut setup, name) = setup(
-        "rc5",
-        "mkdir -p out/sub\necho result-data > out/result.txt\nprintf 'grüße ✓\\n' > out/sub/ü.txt\nexit 5",
-    );
-    setup.set("FIRECREST_ARTIFACTS", "out/");
-    let out = setup.run(LIMIT);
-    assert_eq!(readme_code("the commands' own exit code"), "N");
-    assert_eq!(out.code, 5, "{}", out.both());
-    let back = setup.path().join("out");
-    assert_eq!(
-        std::fs::read_to_string(back.join("result.txt")).unwrap(),
-        "result-data\n",
-        "{}",
-        out.both()
-    );
-    assert_eq!(
-        std::fs::read_to_string(back.join("sub/ü.txt")).unwrap(),
-        "grüße ✓\n"
-    );
-    assert_nothing_left(&setup, &name, &name);
-}
+backend_rows!(Local);
 
 #[test]
 fn killed_by_a_signal_gives_128_plus_the_signal() {
@@ -172,17 +129,6 @@ fn time_limit_gives_124() {
     assert_nothing_left(&setup, &name, &name);
 }
 
-#[test]
-fn multibyte_output_split_across_writes_streams_exactly_once() {
-    let (mut setup, name) = setup("utf8", SPLIT_WRITER);
-    setup.set("FIRECREST_LOG_INTERVAL", "300ms");
-    let out = setup.run(LIMIT);
-    assert_eq!(readme_exit_code("success"), codes::SUCCESS);
-    assert_eq!(out.code, codes::SUCCESS, "{}", out.both());
-    assert_streamed_once_in_order(&out, &log_file(&setup));
-    assert_nothing_left(&setup, &name, &name);
-}
-
 /// The README's table and the compiled codes agree on what these tests check.
 #[test]
 fn readme_exit_codes_are_the_compiled_ones() {
@@ -229,13 +175,7 @@ fn sigterm_to_the_tool_cancels_the_job_and_gives_143() {
         readme_exit_code("cancelled by CI (SIGTERM)"),
         codes::CI_SIGTERM
     );
-    assert_eq!(out.code, codes::CI_SIGTERM, "{}", out.both());
-    assert!(
-        out.elapsed < Duration::from_millis(7500),
-        "took {:?}\n{}",
-        out.elapsed,
-        out.both()
-    );
+    assert_stopped_within_grace(&out, codes::CI_SIGTERM);
     assert!(!out.stdout.contains("never"), "{}", out.both());
     assert!(
         out.stdout.contains("firecrest-ci: stopped by SIGTERM"),
@@ -253,13 +193,7 @@ fn sigint_to_the_tool_cancels_the_job_and_gives_130() {
         readme_exit_code("cancelled by CI (SIGINT)"),
         codes::CI_SIGINT
     );
-    assert_eq!(out.code, codes::CI_SIGINT, "{}", out.both());
-    assert!(
-        out.elapsed < Duration::from_millis(7500),
-        "took {:?}\n{}",
-        out.elapsed,
-        out.both()
-    );
+    assert_stopped_within_grace(&out, codes::CI_SIGINT);
     assert_eq!(job_processes(&name, &marker), Vec::<i32>::new());
     assert_nothing_left(&setup, &name, &marker);
 }

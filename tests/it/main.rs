@@ -1,6 +1,7 @@
 //! Integration tests: the real firecrest-ci code against a stateful FirecREST
 //! double (`fake`), which has self-tests of its own in `fake_selftest`;
-//! whole runs through the `local` backend (`local`) and a real Slurm (`slurm`);
+//! whole runs through the `local` backend (`local`) and a real Slurm (`slurm`),
+//! with the rows both must pass in one table (`backend_rows`);
 //! artifacts with unsafe entries, both ways (`artifacts`); a wrong or
 //! unreachable FirecREST or token URL, named within seconds
 //! (`first_contact`); input mistakes only the cluster sees, `check`,
@@ -9,15 +10,23 @@
 //! them (`signals`); what the CI log says, in order (`messages`); what the
 //! job hands back to CI (`handback`); the container images, run as GitHub,
 //! GitLab and a plain `docker run` run them (`images`); the workspace upload's
-//! way, overlap and integrity (`upload_speed`).
+//! way, overlap and integrity (`upload_speed`). Below the whole runs: the
+//! `local` and `slurm` backends through the `Backend` trait (`backends`),
+//! the FirecREST client against recorded exchanges (`firecrest_client`),
+//! and `action.yml` and the GitLab files against the input table
+//! (`distribution`).
 
 mod artifacts;
+mod backend_rows;
+mod backends;
 mod bench;
+mod distribution;
 mod errors;
 mod fake;
 mod fake_replay;
 mod fake_selftest;
 mod faults;
+mod firecrest_client;
 mod first_contact;
 mod handback;
 mod harness;

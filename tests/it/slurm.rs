@@ -2,7 +2,8 @@
 //! Slurm (`.ci/slurm-up` starts a one-node cluster): each row of the README's
 //! exit-code table a batch job can reach, exact streaming of multi-byte
 //! output, cancellation from the cluster's side and by CI, and that no job,
-//! job process or run directory is left afterwards.
+//! job process or run directory is left afterwards. The rows it shares with
+//! the `local` backend come from the table in `backend_rows`.
 //!
 //! Without a usable Slurm every test prints `SKIPPED: <test>: ...` to stderr
 //! (past libtest's capture, so it shows) and returns.
@@ -14,8 +15,10 @@ use firecrest_ci::outcome::codes;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::backend_rows::{backend_rows, job_lines, Row, Way};
 use crate::harness::{
-    job_processes, readme_code, readme_exit_code, unique_name, wait, wait_until, Outcome, Setup,
+    assert_stopped_within_grace, job_processes, readme_code, readme_exit_code, unique_name, wait,
+    wait_until, Outcome, Setup,
 };
 
 /// Generous bound for a short job: the node is shared with other tests and
@@ -23,8 +26,9 @@ use crate::harness::{
 const LIMIT: Duration = Duration::from_secs(300);
 
 /// Why Slurm cannot be used here, or `None` when `sinfo` shows a usable
-/// node. Asked once: a dead slurmctld makes `sinfo` wait for its timeout.
-fn slurm_unavailable() -> Option<String> {
+/// node. Asked once per test run (here and in `backends`): a dead
+/// slurmctld makes `sinfo` wait for its timeout.
+pub(crate) fn slurm_unavailable() -> Option<String> {
     static ANSWER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     ANSWER
         .get_or_init(|| {
@@ -124,20 +128,6 @@ pub(crate) fn assert_nothing_left(setup: &Setup, name: &str) {
     assert_eq!(setup.left_behind(), Vec::<std::path::PathBuf>::new());
 }
 
-/// The job's own output: the lines between the prologue's "workspace ready"
-/// and the "commands exited" line the batch script prints.
-fn job_lines(text: &str) -> Vec<&str> {
-    text.lines()
-        .skip_while(|l| !l.starts_with("firecrest-ci: workspace ready"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("firecrest-ci: commands exited"))
-        .collect()
-}
-
-fn log_file(setup: &Setup) -> String {
-    std::fs::read_to_string(setup.path().join("firecrest-ci.log")).expect("the local log file")
-}
-
 /// The tool's one-line final report.
 pub(crate) fn report(outcome: &Outcome) -> &str {
     outcome
@@ -145,6 +135,15 @@ pub(crate) fn report(outcome: &Outcome) -> &str {
         .lines()
         .find(|l| l.starts_with("firecrest-ci: job ") && l.contains(": exit code "))
         .unwrap_or_else(|| panic!("no final report line\n{}", outcome.both()))
+}
+
+/// Cancels the jobs named `name` from the cluster's side, as a user would.
+pub(crate) fn scancel(name: &str) {
+    let cancel = Command::new("scancel")
+        .args(["-n", name])
+        .output()
+        .expect("run scancel");
+    assert!(cancel.status.success(), "{cancel:?}");
 }
 
 /// Starts the tool and returns once the job printed `marker`.
@@ -156,70 +155,35 @@ pub(crate) fn spawn_until_started(setup: &Setup, marker: &str) -> (std::process:
     (child, started)
 }
 
-#[test]
-fn exit_zero_streams_the_output_writes_the_log_and_cleans_up() {
-    if skipped("exit_zero_streams_the_output_writes_the_log_and_cleans_up") {
-        return;
+/// The slurm backend's way through the rows it shares with `local`.
+pub(crate) struct Slurm;
+
+impl Way for Slurm {
+    const LIMIT: Duration = LIMIT;
+
+    fn skipped(test: &str) -> bool {
+        skipped(test)
     }
-    let (setup, name) = setup(
-        "ok",
-        "echo first line from the job\ncat hello.txt\necho to-stderr >&2",
-    );
-    let out = setup.run(LIMIT);
-    assert_eq!(readme_exit_code("success"), codes::SUCCESS);
-    assert_eq!(out.code, codes::SUCCESS, "{}", out.both());
-    let expected = [
-        "first line from the job",
-        "hello from the workspace",
-        "to-stderr",
-    ];
-    assert_eq!(job_lines(&out.stdout), expected, "{}", out.both());
-    assert_eq!(job_lines(&log_file(&setup)), expected);
-    assert!(report(&out).contains("COMPLETED"), "{}", report(&out));
-    assert_nothing_left(&setup, &name);
+
+    fn setup(tag: &str, run: &str) -> (Setup, String) {
+        setup(tag, run)
+    }
+
+    fn assert_state(out: &Outcome, name: &str, row: &Row) {
+        if let Some(state) = row.state {
+            assert!(report(out).contains(state), "{}", report(out));
+        }
+        if let Some(state) = row.scheduler_state {
+            assert_eq!(final_state(name), state);
+        }
+    }
+
+    fn assert_nothing_left(setup: &Setup, name: &str) {
+        assert_nothing_left(setup, name);
+    }
 }
 
-#[test]
-fn exit_three_passes_the_code_through() {
-    if skipped("exit_three_passes_the_code_through") {
-        return;
-    }
-    let (setup, name) = setup("rc3", "echo before\nexit 3\necho never");
-    let out = setup.run(LIMIT);
-    assert_eq!(readme_code("the commands' own exit code"), "N");
-    assert_eq!(out.code, 3, "{}", out.both());
-    assert_eq!(job_lines(&out.stdout), ["before"], "{}", out.both());
-    assert!(report(&out).contains("FAILED"), "{}", report(&out));
-    assert_eq!(final_state(&name), "FAILED");
-    assert_nothing_left(&setup, &name);
-}
-
-#[test]
-fn exit_five_still_brings_the_artifacts_back() {
-    if skipped("exit_five_still_brings_the_artifacts_back") {
-        return;
-    }
-    let (mut setup, name) = setup(
-        "rc5",
-        "mkdir -p out/sub\necho result-data > out/result.txt\nprintf 'grüße ✓\\n' > out/sub/ü.txt\nexit 5",
-    );
-    setup.set("FIRECREST_ARTIFACTS", "out/");
-    let out = setup.run(LIMIT);
-    assert_eq!(readme_code("the commands' own exit code"), "N");
-    assert_eq!(out.code, 5, "{}", out.both());
-    let back = setup.path().join("out");
-    assert_eq!(
-        std::fs::read_to_string(back.join("result.txt")).unwrap(),
-        "result-data\n",
-        "{}",
-        out.both()
-    );
-    assert_eq!(
-        std::fs::read_to_string(back.join("sub/ü.txt")).unwrap(),
-        "grüße ✓\n"
-    );
-    assert_nothing_left(&setup, &name);
-}
+backend_rows!(Slurm);
 
 #[test]
 fn killed_by_a_signal_gives_128_plus_the_signal() {
@@ -267,11 +231,7 @@ fn scancel_on_the_cluster_gives_120() {
     }
     let (setup, name) = setup("scancel", "echo fcit-running\nsleep 300\necho never");
     let (child, started) = spawn_until_started(&setup, "fcit-running");
-    let cancel = Command::new("scancel")
-        .args(["-n", &name])
-        .output()
-        .expect("run scancel");
-    assert!(cancel.status.success(), "{cancel:?}");
+    scancel(&name);
     let out = wait(child, LIMIT, started);
     assert_eq!(
         readme_exit_code("cancelled on the cluster"),
@@ -298,13 +258,7 @@ fn sigterm_to_the_tool_cancels_the_job_and_gives_143() {
         readme_exit_code("cancelled by CI (SIGTERM)"),
         codes::CI_SIGTERM
     );
-    assert_eq!(out.code, codes::CI_SIGTERM, "{}", out.both());
-    assert!(
-        out.elapsed < Duration::from_millis(7500),
-        "took {:?} after SIGTERM\n{}",
-        out.elapsed,
-        out.both()
-    );
+    assert_stopped_within_grace(&out, codes::CI_SIGTERM);
     // The tool waits (briefly) for the cancelled job to stop before it exits.
     assert!(
         wait_until(Duration::from_secs(3), || queued(&name).is_empty()),
@@ -318,61 +272,5 @@ fn sigterm_to_the_tool_cancels_the_job_and_gives_143() {
         "{}",
         out.both()
     );
-    assert_nothing_left(&setup, &name);
-}
-
-/// Writes characters of 2, 3 and 4 bytes split across writes a second apart,
-/// so the tool's reads land inside them.
-pub const SPLIT_WRITER: &str = r"printf 'A1 h\xc3'; sleep 1.2
-printf '\xa9llo w\xc3\xb6rld \xe2'; sleep 1.2
-printf '\x9c\x93 \xe6\x97'; sleep 1.2
-printf '\xa5\xe6\x9c\xac\xe8\xaa\x9e \xf0\x9f'; sleep 1.2
-printf '\x9a\x80\n'
-echo 'B2 Grüße, こんにちは, 👋'
-printf 'C3 no newline at the end: ✓'";
-
-/// What [`SPLIT_WRITER`] prints, line by line.
-pub const SPLIT_EXPECTED: [&str; 3] = [
-    "A1 héllo wörld ✓ 日本語 🚀",
-    "B2 Grüße, こんにちは, 👋",
-    "C3 no newline at the end: ✓",
-];
-
-/// The job's output between the prologue's and the epilogue's lines is
-/// exactly [`SPLIT_EXPECTED`], in the CI log and in the local log file, each
-/// line once (the last one, without a newline, runs into the epilogue's).
-pub fn assert_streamed_once_in_order(out: &Outcome, log: &str) {
-    for text in [out.stdout.as_str(), log] {
-        assert!(
-            !text.contains('\u{fffd}'),
-            "a character was mangled\n{text}"
-        );
-        let start = text
-            .find("firecrest-ci: workspace ready")
-            .expect("prologue line");
-        let body = &text[start..];
-        let body = &body[body.find('\n').unwrap() + 1..];
-        let end = body
-            .find("firecrest-ci: commands exited")
-            .expect("end line");
-        let body = body[..end].trim_end_matches('\n');
-        assert_eq!(body.lines().collect::<Vec<_>>(), SPLIT_EXPECTED, "{text}");
-        for line in SPLIT_EXPECTED {
-            assert_eq!(text.matches(line).count(), 1, "{line:?} not once\n{text}");
-        }
-    }
-}
-
-#[test]
-fn multibyte_output_split_across_writes_streams_exactly_once() {
-    if skipped("multibyte_output_split_across_writes_streams_exactly_once") {
-        return;
-    }
-    let (mut setup, name) = setup("utf8", SPLIT_WRITER);
-    setup.set("FIRECREST_LOG_INTERVAL", "300ms");
-    let out = setup.run(LIMIT);
-    assert_eq!(readme_exit_code("success"), codes::SUCCESS);
-    assert_eq!(out.code, codes::SUCCESS, "{}", out.both());
-    assert_streamed_once_in_order(&out, &log_file(&setup));
     assert_nothing_left(&setup, &name);
 }

@@ -412,7 +412,7 @@ fn include_template_documents_every_variable_and_default() {
 // The three YAML files say of each input what `INPUTS` says, in one form
 // each. Their description lines are generated here: a test fails when a
 // file differs from what the table makes, and
-// `FIRECREST_CI_REGENERATE=1 cargo test --test distribution descriptions`
+// `FIRECREST_CI_REGENERATE=1 cargo test --test it distribution::descriptions`
 // rewrites the lines (nothing else in the files) from the table.
 
 /// What `action.yml` and the GitLab component say of an input: the table's
@@ -563,7 +563,7 @@ fn descriptions_are_generated_from_the_input_table() {
     assert!(
         stale.is_empty(),
         "descriptions differ from src/config/inputs.rs INPUTS; run \
-         FIRECREST_CI_REGENERATE=1 cargo test --test distribution descriptions:\n{}",
+         FIRECREST_CI_REGENERATE=1 cargo test --test it distribution::descriptions:\n{}",
         stale.join("\n")
     );
 }

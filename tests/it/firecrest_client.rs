@@ -158,6 +158,17 @@ impl Respond for Sequence {
     }
 }
 
+/// The token endpoint on `server`, answering with `replies` in turn.
+async fn token_endpoint(server: &MockServer, replies: Vec<ResponseTemplate>) -> Sequence {
+    let tokens = Sequence::new(replies);
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(tokens.clone())
+        .mount(server)
+        .await;
+    tokens
+}
+
 fn userinfo_reply() -> ResponseTemplate {
     recorded_response(&exchange("userinfo", 0))
 }
@@ -796,12 +807,11 @@ async fn one_token_serves_many_concurrent_calls() {
 #[tokio::test]
 async fn token_is_refreshed_before_it_expires() {
     let server = MockServer::start().await;
-    let tokens = Sequence::new(vec![token_reply("tok-1", 2), token_reply("tok-2", 300)]);
-    Mock::given(method("POST"))
-        .and(path(TOKEN_PATH))
-        .respond_with(tokens.clone())
-        .mount(&server)
-        .await;
+    let tokens = token_endpoint(
+        &server,
+        vec![token_reply("tok-1", 2), token_reply("tok-2", 300)],
+    )
+    .await;
     for token in ["tok-1", "tok-2"] {
         Mock::given(method("GET"))
             .and(path("/status/daint/userinfo"))
@@ -823,12 +833,11 @@ async fn token_is_refreshed_before_it_expires() {
 #[tokio::test]
 async fn a_401_refreshes_the_token_once_and_retries_once() {
     let server = MockServer::start().await;
-    let tokens = Sequence::new(vec![token_reply("tok-1", 300), token_reply("tok-2", 300)]);
-    Mock::given(method("POST"))
-        .and(path(TOKEN_PATH))
-        .respond_with(tokens.clone())
-        .mount(&server)
-        .await;
+    let tokens = token_endpoint(
+        &server,
+        vec![token_reply("tok-1", 300), token_reply("tok-2", 300)],
+    )
+    .await;
     // The recorded "Access token expired" for the first token only.
     Mock::given(method("GET"))
         .and(path("/status/daint/userinfo"))
@@ -856,12 +865,11 @@ async fn a_401_refreshes_the_token_once_and_retries_once() {
 #[tokio::test]
 async fn a_401_that_persists_fails_after_one_refresh() {
     let server = MockServer::start().await;
-    let tokens = Sequence::new(vec![token_reply("tok-1", 300), token_reply("tok-2", 300)]);
-    Mock::given(method("POST"))
-        .and(path(TOKEN_PATH))
-        .respond_with(tokens.clone())
-        .mount(&server)
-        .await;
+    let tokens = token_endpoint(
+        &server,
+        vec![token_reply("tok-1", 300), token_reply("tok-2", 300)],
+    )
+    .await;
     Mock::given(method("GET"))
         .and(path("/status/daint/userinfo"))
         .respond_with(recorded_response(&exchange("auth_errors", 1)))
@@ -944,17 +952,16 @@ async fn a_wrong_secret_names_the_variables_but_not_the_secret() {
 #[tokio::test]
 async fn a_token_endpoint_outage_is_waited_out() {
     let server = MockServer::start().await;
-    let tokens = Sequence::new(vec![
-        ResponseTemplate::new(503),
-        ResponseTemplate::new(502),
-        ResponseTemplate::new(500).set_body_string("restarting"),
-        token_reply("tok-1", 300),
-    ]);
-    Mock::given(method("POST"))
-        .and(path(TOKEN_PATH))
-        .respond_with(tokens.clone())
-        .mount(&server)
-        .await;
+    let tokens = token_endpoint(
+        &server,
+        vec![
+            ResponseTemplate::new(503),
+            ResponseTemplate::new(502),
+            ResponseTemplate::new(500).set_body_string("restarting"),
+            token_reply("tok-1", 300),
+        ],
+    )
+    .await;
     Mock::given(method("GET"))
         .and(path("/status/daint/userinfo"))
         .and(header("authorization", "Bearer tok-1"))

@@ -445,7 +445,7 @@ async fn local_job_dies_with_the_tool() {
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "helper_submit_and_wait_to_be_killed",
+            "backends::helper_submit_and_wait_to_be_killed",
             "--ignored",
             "--nocapture",
         ])
@@ -464,37 +464,9 @@ async fn local_job_dies_with_the_tool() {
 
 // ---------------------------------------------------------------- slurm ---
 
-/// Why Slurm cannot be used here, or `None` when `sinfo` answers with a
-/// usable node. Asked once per test binary: a dead slurmctld makes `sinfo`
-/// wait for its timeout.
-fn slurm_unavailable() -> Option<String> {
-    static ANSWER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    ANSWER.get_or_init(ask_sinfo).clone()
-}
-
-fn ask_sinfo() -> Option<String> {
-    let out = std::process::Command::new("timeout")
-        .args(["10", "sinfo", "-h", "-o", "%T"])
-        .output();
-    match out {
-        Err(err) => Some(format!("cannot run sinfo: {err}")),
-        Ok(out) if !out.status.success() => Some(format!(
-            "sinfo failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(out) => {
-            let states = String::from_utf8_lossy(&out.stdout).to_string();
-            let usable = states
-                .lines()
-                .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated"));
-            (!usable).then(|| format!("no usable Slurm node (sinfo: {:?})", states.trim()))
-        }
-    }
-}
-
 /// The backend, or `None` after printing why the test is skipped.
 fn slurm(test: &str) -> Option<SlurmBackend> {
-    match slurm_unavailable() {
+    match crate::slurm::slurm_unavailable() {
         Some(reason) => {
             // Straight to stderr: libtest captures eprintln! of passing tests.
             use std::io::Write;
