@@ -179,6 +179,11 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
             partition: config.resources.partition.clone(),
             reservation: config.resources.reservation.clone(),
             dependency: staged.transfer_job.clone().filter(|_| attempt == 1),
+            output: Some(spec.output_file.clone()),
+            error: spec.error_file.clone(),
+            // Validated by config, in Slurm's `[D-]HH:MM:SS`.
+            time_limit: (config.resources.time_limit.as_deref())
+                .and_then(|time| backend::parse_time_limit(time).ok().flatten()),
         };
         let job = match backend.submit(&job_spec).await {
             Ok(job) => job,
@@ -218,7 +223,7 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         let ended = watch_job(&config, &ci, &remote, &submitted, &staged, log, &mut stop).await;
         let job = &submitted.job;
         if let Ok(Ended::Finished { status, .. }) = &ended {
-            let state = outcome::SlurmState::parse(&status.state);
+            let state = &status.state;
             if attempt < attempts && state.cluster_lost_the_job() {
                 tracing::warn!(
                     "job {job} ended {}: the cluster lost it, not its commands; \
@@ -1118,7 +1123,7 @@ pub async fn cancel_job(connection: &Connection, ci: &Arc<Ci>, job: &str) -> Res
         .context("failed to read the job state")?
     {
         None => tracing::info!("job {id} is not known to the scheduler; nothing to cancel"),
-        Some(status) if outcome::SlurmState::parse(&status.state).is_final() => {
+        Some(status) if status.state.is_final() => {
             tracing::info!(
                 "job {id} already ended ({}); nothing to cancel",
                 status.state

@@ -21,6 +21,7 @@ use crate::config::{Credentials, FirecrestSettings, PollSettings};
 use crate::firecrest::models::{JobDescription, TransferJob};
 use crate::firecrest::retry::{Rejection, RetryPolicy};
 use crate::firecrest::{ApiError, AuthSource, Client, ClientSettings, TokenObserver, UploadSource};
+use crate::outcome::SlurmState;
 use crate::progress::Progress;
 use crate::transfer::{self, RestWay, TailReading, TransferThreshold};
 
@@ -518,11 +519,10 @@ impl FirecrestBackend {
             return Ok(None);
         };
         let status = JobStatus::from(&found);
-        let state = crate::outcome::SlurmState::parse(&status.state);
-        if !state.is_final() {
+        if !status.state.is_final() {
             return Ok(None);
         }
-        if state == crate::outcome::SlurmState::Completed || !is_transfer_log(&transfer.error_log) {
+        if status.state == SlurmState::Completed || !is_transfer_log(&transfer.error_log) {
             return Ok(Some(None));
         }
         let log = self
@@ -576,9 +576,8 @@ impl FirecrestBackend {
         loop {
             if let Some(found) = self.client.job(job).await? {
                 let status = JobStatus::from(&found);
-                let state = crate::outcome::SlurmState::parse(&status.state);
-                if state.is_final() {
-                    if state == crate::outcome::SlurmState::Completed {
+                if status.state.is_final() {
+                    if status.state == SlurmState::Completed {
                         return Ok(());
                     }
                     let log = match logs_error {

@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use async_trait::async_trait;
 
 pub mod firecrest;
+pub mod fs;
 pub mod local;
 pub mod slurm;
 
@@ -24,6 +25,8 @@ impl std::fmt::Display for JobId {
 
 /// What to submit. Time, nodes, tasks and GPUs live in the script's
 /// `#SBATCH` lines; placement goes through the submit call's own fields.
+/// The output files and the time limit are also fields, for a backend that
+/// runs the script itself (`local`) instead of reading them back from it.
 #[derive(Debug, Clone, Default)]
 pub struct JobSpec {
     /// Unique per run, so a lost submit reply can be resolved by looking the job up.
@@ -37,13 +40,65 @@ pub struct JobSpec {
     pub reservation: Option<String>,
     /// A transfer job that must finish first (`--dependency=afterok:<id>`).
     pub dependency: Option<JobId>,
+    /// The job's output file (stdout, and stderr unless `error` is set), as
+    /// the script's `--output` names it but literal (no `%` patterns);
+    /// relative paths are under `working_dir`. `None`: Slurm's default
+    /// `slurm-<id>.out`.
+    pub output: Option<String>,
+    /// Stderr's own file, like `output`; `None` merges it into `output`.
+    pub error: Option<String>,
+    /// The script's `--time`; `None`: no limit (the partition's default on
+    /// a cluster).
+    pub time_limit: Option<std::time::Duration>,
+}
+
+/// Seconds in a Slurm duration: `minutes`, `minutes:seconds`,
+/// `hours:minutes:seconds`, `days-hours`, `days-hours:minutes`,
+/// `days-hours:minutes:seconds` (a time limit, or `RunTime` in `scontrol`'s
+/// answers); `None` when the text is none of these.
+pub(crate) fn slurm_seconds(value: &str) -> Option<u64> {
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse::<u64>().ok()
+    };
+    let v = value.trim();
+    let (days, rest) = match v.split_once('-') {
+        Some((d, rest)) => (Some(num(d)?), rest),
+        None => (None, v),
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    let secs = match (days, parts.as_slice()) {
+        (None, [m]) => num(m)? * 60,
+        (None, [m, s]) => num(m)? * 60 + num(s)?,
+        (None, [h, m, s]) => num(h)? * 3600 + num(m)? * 60 + num(s)?,
+        (Some(d), [h]) => d * 86400 + num(h)? * 3600,
+        (Some(d), [h, m]) => d * 86400 + num(h)? * 3600 + num(m)? * 60,
+        (Some(d), [h, m, s]) => d * 86400 + num(h)? * 3600 + num(m)? * 60 + num(s)?,
+        _ => return None,
+    };
+    Some(secs)
+}
+
+/// Reads a Slurm time limit (the formats of [`slurm_seconds`]) for
+/// [`JobSpec::time_limit`]; `None` means no limit (`0`, `INFINITE`,
+/// `UNLIMITED`).
+pub fn parse_time_limit(value: &str) -> Result<Option<std::time::Duration>> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("infinite") || v.eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    let secs = slurm_seconds(v).ok_or_else(|| anyhow!("invalid Slurm time limit {value:?}"))?;
+    Ok((secs > 0).then(|| std::time::Duration::from_secs(secs)))
 }
 
 /// One look at a job, as the scheduler reports it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobStatus {
-    /// Slurm's raw state string, e.g. `RUNNING` or `CANCELLED by 1001`.
-    pub state: String,
+    /// Slurm's state, parsed once where the backend reads it (`Display`
+    /// gives Slurm's spelling back, e.g. `CANCELLED by 1001`).
+    pub state: crate::outcome::SlurmState,
     /// Why the job waits (`Priority`, `Resources`), when Slurm says.
     pub reason: Option<String>,
     /// The `rc` half of Slurm's `rc:signal`; `None` while pending.
@@ -331,3 +386,26 @@ pub trait Backend: Send + Sync {
 
 /// Variables forwarded to the job: name to value, values secret.
 pub type ForwardedEnv = BTreeMap<String, crate::secret::Secret>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_limits_parse_in_every_slurm_format() {
+        let secs = |s: &str| parse_time_limit(s).unwrap().map(|d| d.as_secs());
+        assert_eq!(secs("1"), Some(60));
+        assert_eq!(secs("90"), Some(5400));
+        assert_eq!(secs("2:30"), Some(150));
+        assert_eq!(secs("01:02:03"), Some(3723));
+        assert_eq!(secs("1-2"), Some(86400 + 7200));
+        assert_eq!(secs("1-02:03"), Some(86400 + 7200 + 180));
+        assert_eq!(secs("1-02:03:04"), Some(86400 + 7200 + 180 + 4));
+        assert_eq!(secs("0"), None);
+        assert_eq!(secs("INFINITE"), None);
+        assert_eq!(secs("unlimited"), None);
+        for bad in ["", "abc", "1:2:3:4", "-1", "1-", "1-2:3:4:5", "1.5"] {
+            assert!(parse_time_limit(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+}
