@@ -341,6 +341,17 @@ fn describe_exit(
     (state, Some(code), Some(signal))
 }
 
+/// The run's steps on this machine, for the dry run.
+pub fn plan(request: &super::PlanRequest) -> Vec<String> {
+    let run_dir = request.run_dir;
+    vec![
+        format!("mkdir -m 700 {run_dir}; copy {}", request.archive),
+        "bash -l <batch script> in its own process group".to_string(),
+        request.removal(&format!("rm -r {run_dir}")),
+        "on cancel: SIGTERM, then SIGKILL, to the job's process group".to_string(),
+    ]
+}
+
 #[async_trait]
 impl Backend for LocalBackend {
     fn describe(&self) -> String {

@@ -52,6 +52,41 @@ pub struct JobSpec {
     pub time_limit: Option<std::time::Duration>,
 }
 
+/// The run a dry run describes: each backend lists the calls it would make
+/// ([`plan`]).
+pub struct PlanRequest<'a> {
+    /// Backend, settings, cleanup, poll intervals, ...
+    pub config: &'a crate::config::Config,
+    /// The run directory the run would create.
+    pub run_dir: &'a str,
+    /// The workspace archive's name in the run directory.
+    pub archive: &'a str,
+    /// The forwarded environment's file name in the run directory.
+    pub env_file: &'a str,
+    /// The job output's file name in the run directory.
+    pub output: &'a str,
+    /// The artifacts archive's name in the run directory.
+    pub artifacts: &'a str,
+}
+
+impl PlanRequest<'_> {
+    /// A removal step with the `cleanup` setting that decides whether it runs.
+    pub fn removal(&self, step: &str) -> String {
+        format!("{step} ({:?})", self.config.cleanup)
+    }
+}
+
+/// Every call the run would make, step by step, for the dry run. Asked of
+/// the backend kind, not of a connected backend: the dry run connects to
+/// nothing and plans even without a FirecREST URL.
+pub fn plan(request: &PlanRequest) -> Vec<String> {
+    match request.config.backend {
+        crate::config::BackendKind::Firecrest => firecrest::plan(request),
+        crate::config::BackendKind::Slurm => slurm::plan(request),
+        crate::config::BackendKind::Local => local::plan(request),
+    }
+}
+
 /// Seconds in a Slurm duration: `minutes`, `minutes:seconds`,
 /// `hours:minutes:seconds`, `days-hours`, `days-hours:minutes`,
 /// `days-hours:minutes:seconds` (a time limit, or `RunTime` in `scontrol`'s

@@ -357,6 +357,18 @@ fn base_dir_from(scratch: Option<String>, home: Option<String>) -> String {
     format!("{root}/firecrest-ci")
 }
 
+/// The run's steps with the Slurm commands, for the dry run.
+pub fn plan(request: &super::PlanRequest) -> Vec<String> {
+    let run_dir = request.run_dir;
+    vec![
+        format!("mkdir -m 700 {run_dir}; copy {}", request.archive),
+        "sbatch --parsable".to_string(),
+        "scontrol show job / sacct every poll; read the output file".to_string(),
+        request.removal(&format!("rm -r {run_dir}")),
+        "on cancel: scancel <id>".to_string(),
+    ]
+}
+
 #[async_trait]
 impl Backend for SlurmBackend {
     fn describe(&self) -> String {
