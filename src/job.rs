@@ -320,8 +320,7 @@ impl<'a> Watcher<'a> {
         result: Result<Option<JobStatus>>,
     ) -> Result<Option<JobStatus>> {
         tracker.read_done(Instant::now(), read_in);
-        let running =
-            matches!(&result, Ok(Some(s)) if SlurmState::parse(&s.state) == SlurmState::Running);
+        let running = matches!(&result, Ok(Some(s)) if s.state == SlurmState::Running);
         if let Some(status) = self.on_state(job, tracker, started, result)? {
             return Ok(Some(status));
         }
@@ -359,7 +358,7 @@ impl<'a> Watcher<'a> {
             Ok(Some(status)) => {
                 tracker.failing_since = None;
                 tracker.seen = true;
-                let state = SlurmState::parse(&status.state);
+                let state = status.state.clone();
                 if let SlurmState::Unknown(raw) = &state {
                     if !tracker.warned_unknown {
                         tracing::warn!(%job, state = %raw, "unknown job state; still watching");
@@ -1048,7 +1047,7 @@ mod tests {
                 .rev()
                 .find(|(from, _, _)| *from <= now + 1e-9);
             Ok(current.map(|(_, state, reason)| JobStatus {
-                state: state.to_string(),
+                state: SlurmState::parse(state),
                 reason: reason.map(str::to_string),
                 ..JobStatus::default()
             }))
@@ -1114,9 +1113,9 @@ mod tests {
         (end, text)
     }
 
-    fn finished(end: &WatchEnd) -> &str {
+    fn finished(end: &WatchEnd) -> String {
         match end {
-            WatchEnd::Finished(status) => &status.state,
+            WatchEnd::Finished(status) => status.state.to_string(),
             other => panic!("the job did not finish: {other:?}"),
         }
     }

@@ -53,10 +53,16 @@ pub mod codes {
 
 /// Slurm's job states, parsed from the raw state string by its first word
 /// (`CANCELLED by 1001` and `CANCELLED+` are both [`SlurmState::Cancelled`]).
+/// Backends parse the scheduler's string once, into
+/// [`JobStatus::state`](crate::backend::JobStatus); `Display` gives Slurm's
+/// spelling back for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlurmState {
     BootFail,
-    Cancelled,
+    /// `by`: the uid Slurm names in `CANCELLED by <uid>`, when it does.
+    Cancelled {
+        by: Option<String>,
+    },
     Completed,
     Configuring,
     Completing,
@@ -86,13 +92,17 @@ pub enum SlurmState {
 impl SlurmState {
     /// Parses Slurm's raw state string; never fails, unknown words are kept.
     pub fn parse(raw: &str) -> Self {
-        let word = raw
-            .split(|c: char| c.is_whitespace() || c == '+')
-            .find(|w| !w.is_empty())
-            .unwrap_or("");
+        let word = first_word(raw);
+        let rest = raw.find(word).map_or("", |at| &raw[at + word.len()..]);
         match word.to_ascii_uppercase().as_str() {
             "BOOT_FAIL" => Self::BootFail,
-            "CANCELLED" => Self::Cancelled,
+            "CANCELLED" => Self::Cancelled {
+                by: rest
+                    .trim()
+                    .strip_prefix("by ")
+                    .map(|uid| uid.trim().to_string())
+                    .filter(|uid| !uid.is_empty()),
+            },
             "COMPLETED" => Self::Completed,
             "CONFIGURING" => Self::Configuring,
             "COMPLETING" => Self::Completing,
@@ -119,12 +129,37 @@ impl SlurmState {
         }
     }
 
-    /// True when the job will not run again by itself: stop watching and
-    /// report. Held, requeued, suspended and stopped jobs may still run, so
-    /// the watcher keeps going (bounded by the `timeout` input). REVOKED
-    /// (a federation moved the job to another cluster) and SPECIAL_EXIT
-    /// (held after a special exit code) are final for this tool: it cannot
-    /// follow the job any further.
+    /// Slurm's word for the state, e.g. `CANCELLED` (without `by <uid>`).
+    pub fn name(&self) -> &str {
+        match self {
+            Self::BootFail => "BOOT_FAIL",
+            Self::Cancelled { .. } => "CANCELLED",
+            Self::Completed => "COMPLETED",
+            Self::Configuring => "CONFIGURING",
+            Self::Completing => "COMPLETING",
+            Self::Deadline => "DEADLINE",
+            Self::Failed => "FAILED",
+            Self::NodeFail => "NODE_FAIL",
+            Self::OutOfMemory => "OUT_OF_MEMORY",
+            Self::Pending => "PENDING",
+            Self::Preempted => "PREEMPTED",
+            Self::Running => "RUNNING",
+            Self::ResvDelHold => "RESV_DEL_HOLD",
+            Self::RequeueFed => "REQUEUE_FED",
+            Self::RequeueHold => "REQUEUE_HOLD",
+            Self::Requeued => "REQUEUED",
+            Self::Resizing => "RESIZING",
+            Self::Revoked => "REVOKED",
+            Self::Signaling => "SIGNALING",
+            Self::SpecialExit => "SPECIAL_EXIT",
+            Self::StageOut => "STAGE_OUT",
+            Self::Stopped => "STOPPED",
+            Self::Suspended => "SUSPENDED",
+            Self::Timeout => "TIMEOUT",
+            Self::Unknown(word) => word,
+        }
+    }
+
     /// The cluster lost the job (a node failed or did not boot, the job was
     /// preempted or its reservation revoked): not its commands' doing, so
     /// submitting it again may well succeed.
@@ -135,10 +170,20 @@ impl SlurmState {
         )
     }
 
+    /// True when the job will not run again by itself: stop watching and
+    /// report; the one answer for the watcher and every backend. Held,
+    /// requeued, suspended and stopped jobs may still run, so the watcher
+    /// keeps going (bounded by the `timeout` input). COMPLETING is not final:
+    /// the job's processes are still being killed and may still write
+    /// output, and FirecREST reports the exit code only after it. An unknown
+    /// state is not final either: the job may still change. REVOKED (a
+    /// federation moved the job to another cluster) and SPECIAL_EXIT (held
+    /// after a special exit code) are final for this tool: it cannot follow
+    /// the job any further.
     pub fn is_final(&self) -> bool {
         match self {
             Self::BootFail
-            | Self::Cancelled
+            | Self::Cancelled { .. }
             | Self::Completed
             | Self::Deadline
             | Self::Failed
@@ -162,6 +207,23 @@ impl SlurmState {
             | Self::Stopped
             | Self::Suspended
             | Self::Unknown(_) => false,
+        }
+    }
+}
+
+impl Default for SlurmState {
+    /// The state of an empty string: unknown, not final.
+    fn default() -> Self {
+        Self::Unknown(String::new())
+    }
+}
+
+impl std::fmt::Display for SlurmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())?;
+        match self {
+            Self::Cancelled { by: Some(uid) } => write!(f, " by {uid}"),
+            _ => Ok(()),
         }
     }
 }
@@ -233,8 +295,8 @@ impl Outcome {
 /// Maps a job's final status to the tool's exit code. State rules come
 /// before the exit code and the signal, and only COMPLETED can give 0.
 pub fn outcome_for(status: &JobStatus) -> Outcome {
-    let word = first_word(&status.state);
-    let state = SlurmState::parse(&status.state);
+    let state = &status.state;
+    let word = state.name();
     let exit = status.exit_code.unwrap_or(0);
     let signal = status.signal.unwrap_or(0);
     let real_signal = (1..=64).contains(&signal);
@@ -253,11 +315,10 @@ pub fn outcome_for(status: &JobStatus) -> Outcome {
             codes::OUT_OF_MEMORY,
             "the job ran out of memory and Slurm killed it at its memory limit".into(),
         ),
-        SlurmState::Cancelled => {
-            let by = status.state[word.len()..].trim();
+        SlurmState::Cancelled { by } => {
             let who = by
-                .strip_prefix("by ")
-                .map(|uid| format!(" by uid {}", uid.trim()))
+                .as_ref()
+                .map(|uid| format!(" by uid {uid}"))
                 .unwrap_or_default();
             o(
                 codes::CANCELLED_ON_CLUSTER,
@@ -282,7 +343,7 @@ pub fn outcome_for(status: &JobStatus) -> Outcome {
                 .into(),
         ),
         SlurmState::Completed | SlurmState::Failed | SlurmState::SpecialExit => {
-            let completed = state == SlurmState::Completed;
+            let completed = *state == SlurmState::Completed;
             if exit > 0 {
                 let code = exit.clamp(1, 255) as i32;
                 if code == codes::WORKSPACE_INVALID {
@@ -502,7 +563,7 @@ mod tests {
 
     fn status(state: &str, exit: Option<i64>, signal: Option<i64>) -> JobStatus {
         JobStatus {
-            state: state.into(),
+            state: SlurmState::parse(state),
             exit_code: exit,
             signal,
             ..JobStatus::default()
@@ -629,7 +690,7 @@ mod tests {
             let out = outcome_for(&st);
             assert_eq!(out.exit_code, *code, "{name}: {st:?} -> {out:?}");
             assert_eq!(out.state, *word, "{name}");
-            assert!(SlurmState::parse(&st.state).is_final(), "{name}");
+            assert!(st.state.is_final(), "{name}");
             seen += 1;
         }
         assert_eq!(seen, expected.len());
@@ -663,9 +724,15 @@ mod tests {
     fn state_parsing() {
         let cases: &[(&str, SlurmState, bool)] = &[
             ("BOOT_FAIL", SlurmState::BootFail, true),
-            ("CANCELLED", SlurmState::Cancelled, true),
-            ("CANCELLED by 1001", SlurmState::Cancelled, true),
-            ("CANCELLED+", SlurmState::Cancelled, true),
+            ("CANCELLED", SlurmState::Cancelled { by: None }, true),
+            (
+                "CANCELLED by 1001",
+                SlurmState::Cancelled {
+                    by: Some("1001".into()),
+                },
+                true,
+            ),
+            ("CANCELLED+", SlurmState::Cancelled { by: None }, true),
             ("COMPLETED", SlurmState::Completed, true),
             ("CONFIGURING", SlurmState::Configuring, false),
             ("COMPLETING", SlurmState::Completing, false),

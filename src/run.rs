@@ -14,7 +14,7 @@ use crate::backend::{
     self, Backend, GrowingArchive, JobId, JobSpec, JobStatus, Packed, StagedWorkspace,
 };
 use crate::ci::Ci;
-use crate::config::{BackendKind, Config, Connection, Credentials, TransferThreshold};
+use crate::config::{BackendKind, Config, Connection, Credentials};
 use crate::handback;
 use crate::job::{Missing, OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
 use crate::outcome::{self, codes, Outcome};
@@ -179,6 +179,9 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
             partition: config.resources.partition.clone(),
             reservation: config.resources.reservation.clone(),
             dependency: staged.transfer_job.clone().filter(|_| attempt == 1),
+            output: Some(spec.output_file.clone()),
+            error: spec.error_file.clone(),
+            time_limit: config.resources.time_limit.and_then(|t| t.as_duration()),
         };
         let job = match backend.submit(&job_spec).await {
             Ok(job) => job,
@@ -218,7 +221,7 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         let ended = watch_job(&config, &ci, &remote, &submitted, &staged, log, &mut stop).await;
         let job = &submitted.job;
         if let Ok(Ended::Finished { status, .. }) = &ended {
-            let state = outcome::SlurmState::parse(&status.state);
+            let state = &status.state;
             if attempt < attempts && state.cluster_lost_the_job() {
                 tracing::warn!(
                     "job {job} ended {}: the cluster lost it, not its commands; \
@@ -1109,7 +1112,7 @@ pub async fn cancel_job(connection: &Connection, ci: &Arc<Ci>, job: &str) -> Res
         .context("failed to read the job state")?
     {
         None => tracing::info!("job {id} is not known to the scheduler; nothing to cancel"),
-        Some(status) if outcome::SlurmState::parse(&status.state).is_final() => {
+        Some(status) if status.state.is_final() => {
             tracing::info!(
                 "job {id} already ended ({}); nothing to cancel",
                 status.state
@@ -1192,7 +1195,15 @@ async fn dry_run(config: &Config, ci: &Ci, run_name: &str) -> Result<i32> {
     plan.push_str(&format!("run directory: {run_dir}\n"));
     plan.push_str(&format!("job name: {}\n", config.job_name));
     plan.push_str("plan:\n");
-    for (n, step) in plan_steps(config, &run_dir).iter().enumerate() {
+    let request = backend::PlanRequest {
+        config,
+        run_dir: &run_dir,
+        archive: ARCHIVE_NAME,
+        env_file: ENV_FILE_NAME,
+        output: OUTPUT_NAME,
+        artifacts: ARTIFACTS_NAME,
+    };
+    for (n, step) in backend::plan(&request).iter().enumerate() {
         plan.push_str(&format!("  {}. {step}\n", n + 1));
     }
     ci.print_line(&plan);
@@ -1200,95 +1211,6 @@ async fn dry_run(config: &Config, ci: &Ci, run_name: &str) -> Result<i32> {
     ci.print_line(&script);
     ci.group_end("script");
     Ok(codes::SUCCESS)
-}
-
-/// Every call the run would make, for the dry run.
-fn plan_steps(config: &Config, run_dir: &str) -> Vec<String> {
-    let when = |label: &str| format!("{label} ({:?})", config.cleanup);
-    match config.backend {
-        BackendKind::Firecrest => {
-            let (system, auth) = match &config.firecrest {
-                Some(settings) => (
-                    settings.system.clone(),
-                    match &settings.credentials {
-                        Credentials::ClientCredentials { token_url, .. } => {
-                            format!("POST {token_url} (client credentials grant; refreshed before expiry)")
-                        }
-                        Credentials::AccessToken(_) => "use the given access token".to_string(),
-                    },
-                ),
-                None => (
-                    "<system>".to_string(),
-                    "POST <token url> (client credentials grant)".to_string(),
-                ),
-            };
-            let mut steps = vec![
-                auth,
-                "GET /status/systems (upload size limit, default work directory)".to_string(),
-            ];
-            if config.remote_dir.is_none() {
-                steps.push(format!(
-                    "GET /status/{system}/userinfo (user name for the base directory)"
-                ));
-            }
-            steps.push(format!(
-                "POST /filesystem/{system}/ops/mkdir {run_dir}, PUT ops/chmod 700"
-            ));
-            if !config.env_vars.is_empty() {
-                steps.push(format!(
-                    "POST /filesystem/{system}/ops/upload {ENV_FILE_NAME} ({} forwarded variables)",
-                    config.env_vars.len()
-                ));
-            }
-            let s3 = match config.transfer_threshold {
-                TransferThreshold::Auto => {
-                    "when the parts, at the rate measured on the first ones, \
-                    would take clearly longer than S3 and the transfer job's 60 s re-check"
-                        .to_string()
-                }
-                TransferThreshold::AlwaysS3 => "always".to_string(),
-                TransferThreshold::Never => "never".to_string(),
-                TransferThreshold::Above(size) => format!("above {}", format_bytes(size)),
-            };
-            steps.push(format!(
-                "POST /filesystem/{system}/ops/upload {ARCHIVE_NAME} (in parts above the server's limit, \
-                 started while packing; the rest through POST /filesystem/{system}/transfer/upload \
-                 and S3: {s3})"
-            ));
-            steps.push(format!(
-                "POST /compute/{system}/jobs (job {})",
-                config.job_name
-            ));
-            steps.push(format!(
-                "GET /compute/{system}/jobs/<id> every {}s; GET /filesystem/{system}/ops/tail of {run_dir}/{OUTPUT_NAME} from the last byte shown",
-                config.poll.state_interval.as_secs()
-            ));
-            if !config.artifacts.is_empty() {
-                steps.push(format!(
-                    "GET /filesystem/{system}/ops/download {run_dir}/{ARTIFACTS_NAME} ({:?})",
-                    config.artifacts_when
-                ));
-            }
-            steps.push(when(&format!(
-                "DELETE /filesystem/{system}/ops/rm {run_dir}"
-            )));
-            steps.push(format!("on cancel: DELETE /compute/{system}/jobs/<id>"));
-            steps
-        }
-        BackendKind::Slurm => vec![
-            format!("mkdir -m 700 {run_dir}; copy {ARCHIVE_NAME}"),
-            "sbatch --parsable".to_string(),
-            "scontrol show job / sacct every poll; read the output file".to_string(),
-            when(&format!("rm -r {run_dir}")),
-            "on cancel: scancel <id>".to_string(),
-        ],
-        BackendKind::Local => vec![
-            format!("mkdir -m 700 {run_dir}; copy {ARCHIVE_NAME}"),
-            "bash -l <batch script> in its own process group".to_string(),
-            when(&format!("rm -r {run_dir}")),
-            "on cancel: SIGTERM, then SIGKILL, to the job's process group".to_string(),
-        ],
-    }
 }
 
 /// When the process started, for the run's overall timeout.

@@ -1,16 +1,15 @@
 //! The `local` backend: runs the rendered batch script with `bash -l` on this
 //! machine, so a user can try a job before pushing and the README's first
 //! command needs no cluster. It keeps Slurm's contract where the pipeline
-//! relies on it: the `#SBATCH --output=`/`--error=` files, the `--time=`
-//! limit (TIMEOUT), cancellation of the whole process tree (CANCELLED), and
-//! Slurm's state names and `rc:signal` exit codes.
-//!
-//! It also owns [`LocalFiles`], the file operations on a file system this
-//! process sees directly, which the `slurm` backend shares (a login node
-//! shares the cluster's file system).
+//! relies on it: the output and error files, the time limit (TIMEOUT),
+//! cancellation of the whole process tree (CANCELLED), and Slurm's state
+//! names and `rc:signal` exit codes. Output files and the time limit come
+//! from the [`JobSpec`]'s fields (the script's `#SBATCH` lines say the same
+//! for Slurm); files go through [`LocalFiles`], shared with the `slurm`
+//! backend.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -22,18 +21,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{watch, OnceCell};
 
+pub use super::fs::LocalFiles;
 use super::{Backend, JobId, JobSpec, JobStatus, OutputChunk, StagedWorkspace};
-
-/// Most bytes one `read_output` call returns, so a huge log is streamed in
-/// pieces instead of loaded whole.
-const MAX_READ: u64 = 4 * 1024 * 1024;
-
-/// The one archive part a local upload produces.
-const WORKSPACE_PART: &str = "workspace.tar.gz";
+use crate::outcome::SlurmState;
 
 /// How long a job may take to end after SIGTERM (cancel or time limit)
 /// before SIGKILL; Slurm's `KillWait` plays this part on a cluster. Longer
@@ -53,145 +46,6 @@ const PASSED_ENV: &[&str] = &[
 /// backends) never hand out the same id for different jobs.
 static NEXT_JOB_ID: AtomicU64 = AtomicU64::new(1);
 
-/// File operations on paths this process can open directly. Used by the
-/// `local` and `slurm` backends, whose "remote" paths are local paths.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LocalFiles;
-
-impl LocalFiles {
-    /// Creates `path` and its parents; the leaf gets mode 0700.
-    pub async fn create_private_dir(&self, path: &str) -> Result<()> {
-        tokio::fs::create_dir_all(path)
-            .await
-            .with_context(|| format!("failed to create directory {path}"))?;
-        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-            .await
-            .with_context(|| format!("failed to make directory {path} private"))
-    }
-
-    /// The permission bits of `path`; `None` when it does not exist.
-    pub async fn mode(&self, path: &str) -> Result<Option<u32>> {
-        match tokio::fs::metadata(path).await {
-            Ok(meta) => Ok(Some(meta.permissions().mode() & 0o7777)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(anyhow::Error::new(err).context(format!("failed to stat {path}"))),
-        }
-    }
-
-    /// Writes `dir/name` with mode 0600, replacing an older file.
-    pub async fn put_file(&self, dir: &str, name: &str, contents: Vec<u8>) -> Result<()> {
-        check_file_name(name)?;
-        let path = Path::new(dir).join(name);
-        let shown = path.display().to_string();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            use std::io::Write;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("failed to create file {}", path.display()))?;
-            // An existing file keeps its mode on open; make sure it is private.
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("failed to make file {} private", path.display()))?;
-            file.write_all(&contents)
-                .and_then(|()| file.sync_all())
-                .with_context(|| format!("failed to write file {}", path.display()))
-        })
-        .await
-        .with_context(|| format!("failed to write file {shown}"))?
-    }
-
-    /// Copies the archive into `dir` as the single part `workspace.tar.gz`.
-    pub async fn upload_workspace(&self, archive: &Path, dir: &str) -> Result<StagedWorkspace> {
-        let target = Path::new(dir).join(WORKSPACE_PART);
-        tokio::fs::copy(archive, &target).await.with_context(|| {
-            format!(
-                "failed to copy workspace archive {} to {}",
-                archive.display(),
-                target.display()
-            )
-        })?;
-        tokio::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
-            .await
-            .with_context(|| format!("failed to make {} private", target.display()))?;
-        Ok(StagedWorkspace {
-            parts: vec![WORKSPACE_PART.to_string()],
-            transfer_job: None,
-        })
-    }
-
-    /// Reads raw bytes from `offset` on (at most [`MAX_READ`]). A file that
-    /// does not exist yet (the job has not started) reads as empty.
-    pub async fn read_output(&self, path: &str, offset: u64) -> Result<OutputChunk> {
-        let mut file = match tokio::fs::File::open(path).await {
-            Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(OutputChunk::default())
-            }
-            Err(err) => return Err(err).with_context(|| format!("failed to open output {path}")),
-        };
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .with_context(|| format!("failed to seek output {path} to byte {offset}"))?;
-        let mut data = Vec::new();
-        file.take(MAX_READ)
-            .read_to_end(&mut data)
-            .await
-            .with_context(|| format!("failed to read output {path} from byte {offset}"))?;
-        let advance = data.len() as u64;
-        Ok(OutputChunk {
-            data,
-            advance,
-            more: advance == MAX_READ,
-        })
-    }
-
-    /// Copies `remote` to `local`, creating `local`'s parent directories.
-    pub async fn download(&self, remote: &str, local: &Path) -> Result<bool> {
-        match tokio::fs::metadata(remote).await {
-            Ok(meta) if meta.is_file() => {}
-            Ok(_) => bail!("failed to download {remote}: not a regular file"),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(err) => return Err(err).with_context(|| format!("failed to look at {remote}")),
-        }
-        if let Some(parent) = local.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .with_context(|| format!("failed to create directory {}", parent.display()))?;
-        }
-        match tokio::fs::copy(remote, local).await {
-            Ok(_) => Ok(true),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(err) => {
-                Err(err).with_context(|| format!("failed to copy {remote} to {}", local.display()))
-            }
-        }
-    }
-
-    /// Removes a directory tree; refuses relative paths and `/`.
-    pub async fn remove_dir(&self, path: &str) -> Result<()> {
-        let p = Path::new(path);
-        if !p.is_absolute() || p.parent().is_none() {
-            bail!("refusing to remove directory {path:?}: not an absolute path below /");
-        }
-        match tokio::fs::remove_dir_all(p).await {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(err).with_context(|| format!("failed to remove directory {path}")),
-        }
-    }
-}
-
-/// A file name must stay inside its directory.
-fn check_file_name(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        bail!("invalid file name {name:?}: must be a plain name without '/'");
-    }
-    Ok(())
-}
-
 /// Runs batch scripts on this machine; see the module docs.
 #[derive(Default)]
 pub struct LocalBackend {
@@ -210,7 +64,7 @@ impl LocalBackend {
 /// One submitted job: its control channel and what it looks like now.
 struct LocalJob {
     /// Set to the state the backend wants (CANCELLED); the job's task reacts.
-    kill: watch::Sender<Option<&'static str>>,
+    kill: watch::Sender<Option<SlurmState>>,
     /// Becomes true when the job's process is reaped and its tree is gone.
     done: watch::Receiver<bool>,
     state: Mutex<LocalState>,
@@ -218,7 +72,7 @@ struct LocalJob {
 
 #[derive(Debug, Clone)]
 struct LocalState {
-    state: String,
+    state: SlurmState,
     exit_code: Option<i64>,
     signal: Option<i64>,
     submit_time: i64,
@@ -226,129 +80,6 @@ struct LocalState {
     start_time: i64,
     end_time: Option<i64>,
     elapsed: Option<u64>,
-}
-
-/// What the script's `#SBATCH` lines say that the local run honours.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Directives {
-    pub output: Option<String>,
-    pub error: Option<String>,
-    pub time: Option<String>,
-    pub job_name: Option<String>,
-}
-
-/// Reads the `#SBATCH` lines the way sbatch does: from the top of the script
-/// up to the first line that is neither blank nor a comment.
-pub(crate) fn parse_directives(script: &str) -> Result<Directives> {
-    let mut found = Directives::default();
-    for (index, line) in script.lines().enumerate() {
-        let trimmed = line.trim();
-        if index == 0 && trimmed.starts_with("#!") {
-            continue;
-        }
-        if trimmed.is_empty() {
-            continue;
-        }
-        if !trimmed.starts_with('#') {
-            break;
-        }
-        let Some(rest) = trimmed.strip_prefix("#SBATCH") else {
-            continue;
-        };
-        if !rest.starts_with(char::is_whitespace) {
-            continue;
-        }
-        let words = shlex::split(rest)
-            .ok_or_else(|| anyhow!("failed to parse script line {}: {trimmed}", index + 1))?;
-        let mut words = words.into_iter().take_while(|w| !w.starts_with('#'));
-        while let Some(word) = words.next() {
-            let (key, inline) = match word.split_once('=') {
-                Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-                _ => (word.clone(), None),
-            };
-            let slot = match key.as_str() {
-                "--output" | "-o" => &mut found.output,
-                "--error" | "-e" => &mut found.error,
-                "--time" | "-t" => &mut found.time,
-                "--job-name" | "-J" => &mut found.job_name,
-                _ => continue,
-            };
-            let value = match inline {
-                Some(v) => Some(v),
-                None => words.next(),
-            };
-            let value = value.ok_or_else(|| {
-                anyhow!("script line {}: {key} needs a value: {trimmed}", index + 1)
-            })?;
-            *slot = Some(value);
-        }
-    }
-    Ok(found)
-}
-
-/// Parses a Slurm time limit (`minutes`, `minutes:seconds`,
-/// `hours:minutes:seconds`, `days-hours`, `days-hours:minutes`,
-/// `days-hours:minutes:seconds`); `None` means no limit (`0`, `INFINITE`,
-/// `UNLIMITED`).
-pub(crate) fn parse_time_limit(value: &str) -> Result<Option<Duration>> {
-    let v = value.trim();
-    if v.eq_ignore_ascii_case("infinite") || v.eq_ignore_ascii_case("unlimited") {
-        return Ok(None);
-    }
-    let bad = || anyhow!("invalid Slurm time limit {value:?}");
-    let num = |s: &str| -> Result<u64> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        s.parse::<u64>().map_err(|_| bad())
-    };
-    let (days, rest) = match v.split_once('-') {
-        Some((d, rest)) => (Some(num(d)?), rest),
-        None => (None, v),
-    };
-    let parts: Vec<&str> = rest.split(':').collect();
-    let secs = match (days, parts.as_slice()) {
-        (None, [m]) => num(m)? * 60,
-        (None, [m, s]) => num(m)? * 60 + num(s)?,
-        (None, [h, m, s]) => num(h)? * 3600 + num(m)? * 60 + num(s)?,
-        (Some(d), [h]) => d * 86400 + num(h)? * 3600,
-        (Some(d), [h, m]) => d * 86400 + num(h)? * 3600 + num(m)? * 60,
-        (Some(d), [h, m, s]) => d * 86400 + num(h)? * 3600 + num(m)? * 60 + num(s)?,
-        _ => return Err(bad()),
-    };
-    Ok((secs > 0).then(|| Duration::from_secs(secs)))
-}
-
-/// Fills in the file name patterns sbatch knows that make sense here:
-/// `%j`/`%A` (job id), `%x` (job name), `%u` (user), `%N`/`%n` (node),
-/// `%%`. Unknown patterns stay as they are.
-pub(crate) fn expand_file_pattern(pattern: &str, job_id: &str, job_name: &str) -> String {
-    let user = std::env::var("USER").unwrap_or_default();
-    let mut out = String::with_capacity(pattern.len());
-    let mut chars = pattern.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.peek().copied() {
-            Some('j') | Some('A') => out.push_str(job_id),
-            Some('x') => out.push_str(job_name),
-            Some('u') => out.push_str(&user),
-            Some('N') | Some('n') => out.push_str("localhost"),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => {
-                out.push('%');
-                continue;
-            }
-        }
-        chars.next();
-    }
-    out
 }
 
 fn unix_now() -> i64 {
@@ -389,30 +120,25 @@ impl LocalBackend {
     }
 
     fn spawn(&self, job: &JobSpec, id: &str) -> Result<(Child, tempfile::TempPath)> {
-        let directives = parse_directives(&job.script)?;
-        let name = directives
-            .job_name
-            .clone()
-            .unwrap_or_else(|| job.name.clone());
+        let name = &job.name;
         let wd = PathBuf::from(&job.working_dir);
         if !wd.is_dir() {
             bail!("working directory {} does not exist", wd.display());
         }
-        let out_name = expand_file_pattern(
-            directives.output.as_deref().unwrap_or("slurm-%j.out"),
-            id,
-            &name,
-        );
+        // Slurm's default when the job names no output file.
+        let out_name = job
+            .output
+            .clone()
+            .unwrap_or_else(|| format!("slurm-{id}.out"));
         let stdout = open_output(&wd, &out_name)?;
-        let stderr = match directives.error.as_deref() {
-            Some(pattern) => {
-                let err_name = expand_file_pattern(pattern, id, &name);
+        let stderr = match job.error.as_deref() {
+            Some(err_name) => {
                 if err_name == out_name {
                     stdout
                         .try_clone()
                         .context("failed to share the job output file")?
                 } else {
-                    open_output(&wd, &err_name)?
+                    open_output(&wd, err_name)?
                 }
             }
             None => stdout
@@ -454,7 +180,7 @@ impl LocalBackend {
         }
         cmd.env("SLURM_JOB_ID", id)
             .env("SLURM_JOBID", id)
-            .env("SLURM_JOB_NAME", &name)
+            .env("SLURM_JOB_NAME", name)
             .env("SLURM_SUBMIT_DIR", &wd)
             .env("SLURM_JOB_NODELIST", "localhost")
             .env("SLURM_CPUS_ON_NODE", "1");
@@ -480,7 +206,7 @@ async fn supervise(
     stdin: Option<ChildStdin>,
     script: tempfile::TempPath,
     limit: Option<Duration>,
-    mut kill: watch::Receiver<Option<&'static str>>,
+    mut kill: watch::Receiver<Option<SlurmState>>,
     done: watch::Sender<bool>,
 ) {
     // The wrapper leads the job's session: its pid is the session id.
@@ -494,7 +220,7 @@ async fn supervise(
     };
     let requested = async {
         loop {
-            if let Some(state) = *kill.borrow_and_update() {
+            if let Some(state) = kill.borrow_and_update().clone() {
                 return state;
             }
             if kill.changed().await.is_err() {
@@ -502,10 +228,10 @@ async fn supervise(
             }
         }
     };
-    let mut forced: Option<&'static str> = None;
+    let mut forced: Option<SlurmState> = None;
     let status = tokio::select! {
         status = child.wait() => status,
-        () = timed_out => { forced = Some("TIMEOUT"); terminate(&mut child, pgid).await }
+        () = timed_out => { forced = Some(SlurmState::Timeout); terminate(&mut child, pgid).await }
         state = requested => { forced = Some(state); terminate(&mut child, pgid).await }
     };
     // Closing the pipe makes the watcher kill what is left of the session.
@@ -525,7 +251,7 @@ async fn supervise(
 
     let (state, exit_code, signal) = match status {
         Ok(status) => describe_exit(status, forced),
-        Err(_) => (forced.unwrap_or("FAILED").to_string(), None, None),
+        Err(_) => (forced.unwrap_or(SlurmState::Failed), None, None),
     };
     if let Ok(mut s) = job.state.lock() {
         s.state = state;
@@ -598,7 +324,10 @@ fn session_members(sid: Pid) -> Vec<Pid> {
 }
 
 /// Slurm's state and `rc:signal` for a wait status.
-fn describe_exit(status: ExitStatus, forced: Option<&str>) -> (String, Option<i64>, Option<i64>) {
+fn describe_exit(
+    status: ExitStatus,
+    forced: Option<SlurmState>,
+) -> (SlurmState, Option<i64>, Option<i64>) {
     let (code, signal) = match (status.code(), status.signal()) {
         (Some(code), _) => (i64::from(code), 0),
         (None, Some(sig)) => (0, i64::from(sig)),
@@ -606,10 +335,21 @@ fn describe_exit(status: ExitStatus, forced: Option<&str>) -> (String, Option<i6
     };
     let state = match forced {
         Some(state) => state,
-        None if code == 0 && signal == 0 => "COMPLETED",
-        None => "FAILED",
+        None if code == 0 && signal == 0 => SlurmState::Completed,
+        None => SlurmState::Failed,
     };
-    (state.to_string(), Some(code), Some(signal))
+    (state, Some(code), Some(signal))
+}
+
+/// The run's steps on this machine, for the dry run.
+pub fn plan(request: &super::PlanRequest) -> Vec<String> {
+    let run_dir = request.run_dir;
+    vec![
+        format!("mkdir -m 700 {run_dir}; copy {}", request.archive),
+        "bash -l <batch script> in its own process group".to_string(),
+        request.removal(&format!("rm -r {run_dir}")),
+        "on cancel: SIGTERM, then SIGKILL, to the job's process group".to_string(),
+    ]
 }
 
 #[async_trait]
@@ -655,10 +395,7 @@ impl Backend for LocalBackend {
     }
 
     async fn submit(&self, job: &JobSpec) -> Result<JobId> {
-        let limit = match parse_directives(&job.script)?.time {
-            Some(time) => parse_time_limit(&time)?,
-            None => None,
-        };
+        let limit = job.time_limit;
         let id = NEXT_JOB_ID.fetch_add(1, Ordering::Relaxed).to_string();
         let (mut child, script) = self.spawn(job, &id)?;
         let stdin = child.stdin.take();
@@ -669,7 +406,7 @@ impl Backend for LocalBackend {
             kill: kill_tx,
             done: done_rx,
             state: Mutex::new(LocalState {
-                state: "RUNNING".to_string(),
+                state: SlurmState::Running,
                 exit_code: None,
                 signal: None,
                 submit_time: now,
@@ -724,7 +461,7 @@ impl Backend for LocalBackend {
             // Only the first request counts; a job that ends meanwhile keeps its state.
             job.kill.send_if_modified(|state| {
                 if state.is_none() {
-                    *state = Some("CANCELLED");
+                    *state = Some(SlurmState::Cancelled { by: None });
                     true
                 } else {
                     false
@@ -761,138 +498,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn time_limits_parse_in_every_slurm_format() {
-        let secs = |s: &str| parse_time_limit(s).unwrap().map(|d| d.as_secs());
-        assert_eq!(secs("1"), Some(60));
-        assert_eq!(secs("90"), Some(5400));
-        assert_eq!(secs("2:30"), Some(150));
-        assert_eq!(secs("01:02:03"), Some(3723));
-        assert_eq!(secs("1-2"), Some(86400 + 7200));
-        assert_eq!(secs("1-02:03"), Some(86400 + 7200 + 180));
-        assert_eq!(secs("1-02:03:04"), Some(86400 + 7200 + 180 + 4));
-        assert_eq!(secs("0"), None);
-        assert_eq!(secs("INFINITE"), None);
-        assert_eq!(secs("unlimited"), None);
-        for bad in ["", "abc", "1:2:3:4", "-1", "1-", "1-2:3:4:5", "1.5"] {
-            assert!(parse_time_limit(bad).is_err(), "{bad:?} should not parse");
-        }
-    }
-
-    #[test]
-    fn directives_stop_at_the_first_command() {
-        let script = "#!/bin/bash -l\n\
-            #SBATCH --job-name=ci-42\n\
-            # a comment\n\
-            \n\
-            #SBATCH -o out-%j.log --time 5\n\
-            #SBATCH --error=err.log # trailing comment\n\
-            #SBATCHX --time=9\n\
-            echo hi\n\
-            #SBATCH --time=99\n";
-        let d = parse_directives(script).unwrap();
-        assert_eq!(d.job_name.as_deref(), Some("ci-42"));
-        assert_eq!(d.output.as_deref(), Some("out-%j.log"));
-        assert_eq!(d.error.as_deref(), Some("err.log"));
-        assert_eq!(d.time.as_deref(), Some("5"));
-    }
-
-    #[test]
-    fn directive_without_value_is_an_error() {
-        assert!(parse_directives("#!/bin/bash\n#SBATCH --output\n").is_err());
-    }
-
-    #[test]
-    fn file_patterns_expand_like_sbatch() {
-        assert_eq!(expand_file_pattern("slurm-%j.out", "7", "n"), "slurm-7.out");
-        assert_eq!(expand_file_pattern("%x-%A.%%j", "7", "job"), "job-7.%j");
-        assert_eq!(expand_file_pattern("a%qb%", "7", "n"), "a%qb%");
-    }
-
-    #[test]
     fn exit_statuses_map_to_slurm_states() {
         let exited = |code: i32| ExitStatus::from_raw(code << 8);
         let killed = |sig: i32| ExitStatus::from_raw(sig);
+        let cancelled = || SlurmState::Cancelled { by: None };
         assert_eq!(
             describe_exit(exited(0), None),
-            ("COMPLETED".into(), Some(0), Some(0))
+            (SlurmState::Completed, Some(0), Some(0))
         );
         assert_eq!(
             describe_exit(exited(3), None),
-            ("FAILED".into(), Some(3), Some(0))
+            (SlurmState::Failed, Some(3), Some(0))
         );
         assert_eq!(
             describe_exit(killed(9), None),
-            ("FAILED".into(), Some(0), Some(9))
+            (SlurmState::Failed, Some(0), Some(9))
         );
         assert_eq!(
-            describe_exit(killed(15), Some("TIMEOUT")),
-            ("TIMEOUT".into(), Some(0), Some(15))
+            describe_exit(killed(15), Some(SlurmState::Timeout)),
+            (SlurmState::Timeout, Some(0), Some(15))
         );
         assert_eq!(
-            describe_exit(exited(0), Some("CANCELLED")),
-            ("CANCELLED".into(), Some(0), Some(0))
+            describe_exit(exited(0), Some(cancelled())),
+            (cancelled(), Some(0), Some(0))
         );
-    }
-
-    #[test]
-    fn file_names_must_stay_in_their_directory() {
-        for bad in ["", ".", "..", "a/b", "/etc/passwd"] {
-            assert!(check_file_name(bad).is_err(), "{bad:?}");
-        }
-        check_file_name("env.sh").unwrap();
-    }
-
-    #[tokio::test]
-    async fn local_files_round_trip() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("a/b/run");
-        let dir_s = dir.to_str().unwrap();
-        let files = LocalFiles;
-        files.create_private_dir(dir_s).await.unwrap();
-        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
-
-        files
-            .put_file(dir_s, "env", b"old-and-longer".to_vec())
-            .await
-            .unwrap();
-        files.put_file(dir_s, "env", b"new".to_vec()).await.unwrap();
-        let env = dir.join("env");
-        assert_eq!(std::fs::read(&env).unwrap(), b"new");
-        assert_eq!(
-            std::fs::metadata(&env).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-
-        let archive = tmp.path().join("ws.tar.gz");
-        std::fs::write(&archive, b"archive-bytes").unwrap();
-        let staged = files.upload_workspace(&archive, dir_s).await.unwrap();
-        assert_eq!(staged.parts, vec!["workspace.tar.gz".to_string()]);
-        assert_eq!(staged.transfer_job, None);
-        assert_eq!(
-            std::fs::read(dir.join("workspace.tar.gz")).unwrap(),
-            b"archive-bytes"
-        );
-
-        let local = tmp.path().join("back/x/copy");
-        assert!(files.download(env.to_str().unwrap(), &local).await.unwrap());
-        assert_eq!(std::fs::read(&local).unwrap(), b"new");
-        let missing = dir.join("missing");
-        assert!(!files
-            .download(missing.to_str().unwrap(), &local)
-            .await
-            .unwrap());
-
-        let chunk = files
-            .read_output(missing.to_str().unwrap(), 0)
-            .await
-            .unwrap();
-        assert_eq!(chunk, OutputChunk::default());
-
-        files.remove_dir(dir_s).await.unwrap();
-        assert!(!dir.exists());
-        files.remove_dir(dir_s).await.unwrap();
-        assert!(files.remove_dir("relative/path").await.is_err());
-        assert!(files.remove_dir("/").await.is_err());
     }
 }

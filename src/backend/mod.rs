@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use async_trait::async_trait;
 
 pub mod firecrest;
+pub mod fs;
 pub mod local;
 pub mod slurm;
 
@@ -24,6 +25,8 @@ impl std::fmt::Display for JobId {
 
 /// What to submit. Time, nodes, tasks and GPUs live in the script's
 /// `#SBATCH` lines; placement goes through the submit call's own fields.
+/// The output files and the time limit are also fields, for a backend that
+/// runs the script itself (`local`) instead of reading them back from it.
 #[derive(Debug, Clone, Default)]
 pub struct JobSpec {
     /// Unique per run, so a lost submit reply can be resolved by looking the job up.
@@ -37,13 +40,59 @@ pub struct JobSpec {
     pub reservation: Option<String>,
     /// A transfer job that must finish first (`--dependency=afterok:<id>`).
     pub dependency: Option<JobId>,
+    /// The job's output file (stdout, and stderr unless `error` is set), as
+    /// the script's `--output` names it but literal (no `%` patterns);
+    /// relative paths are under `working_dir`. `None`: Slurm's default
+    /// `slurm-<id>.out`.
+    pub output: Option<String>,
+    /// Stderr's own file, like `output`; `None` merges it into `output`.
+    pub error: Option<String>,
+    /// The script's `--time`; `None`: no limit (the partition's default on
+    /// a cluster).
+    pub time_limit: Option<std::time::Duration>,
+}
+
+/// The run a dry run describes: each backend lists the calls it would make
+/// ([`plan`]).
+pub struct PlanRequest<'a> {
+    /// Backend, settings, cleanup, poll intervals, ...
+    pub config: &'a crate::config::Config,
+    /// The run directory the run would create.
+    pub run_dir: &'a str,
+    /// The workspace archive's name in the run directory.
+    pub archive: &'a str,
+    /// The forwarded environment's file name in the run directory.
+    pub env_file: &'a str,
+    /// The job output's file name in the run directory.
+    pub output: &'a str,
+    /// The artifacts archive's name in the run directory.
+    pub artifacts: &'a str,
+}
+
+impl PlanRequest<'_> {
+    /// A removal step with the `cleanup` setting that decides whether it runs.
+    pub fn removal(&self, step: &str) -> String {
+        format!("{step} ({:?})", self.config.cleanup)
+    }
+}
+
+/// Every call the run would make, step by step, for the dry run. Asked of
+/// the backend kind, not of a connected backend: the dry run connects to
+/// nothing and plans even without a FirecREST URL.
+pub fn plan(request: &PlanRequest) -> Vec<String> {
+    match request.config.backend {
+        crate::config::BackendKind::Firecrest => firecrest::plan(request),
+        crate::config::BackendKind::Slurm => slurm::plan(request),
+        crate::config::BackendKind::Local => local::plan(request),
+    }
 }
 
 /// One look at a job, as the scheduler reports it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobStatus {
-    /// Slurm's raw state string, e.g. `RUNNING` or `CANCELLED by 1001`.
-    pub state: String,
+    /// Slurm's state, parsed once where the backend reads it (`Display`
+    /// gives Slurm's spelling back, e.g. `CANCELLED by 1001`).
+    pub state: crate::outcome::SlurmState,
     /// Why the job waits (`Priority`, `Resources`), when Slurm says.
     pub reason: Option<String>,
     /// The `rc` half of Slurm's `rc:signal`; `None` while pending.

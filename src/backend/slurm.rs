@@ -1,7 +1,8 @@
 //! The `slurm` backend: the local Slurm commands (`sbatch`, `scontrol`,
 //! `sacct`, `scancel`) for CI runners on a cluster's login node and sites
 //! without FirecREST. Files go through [`LocalFiles`], since a login node
-//! shares the cluster's file system.
+//! shares the cluster's file system. Whether a state is final is
+//! [`SlurmState::is_final`]'s answer, the watcher's.
 //!
 //! Commands run without a shell, each argument its own argv entry, under a
 //! timeout. Jobs are submitted with `--export=NONE`: the job must not inherit
@@ -28,7 +29,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::local::LocalFiles;
+use super::fs::LocalFiles;
 use super::{Backend, JobId, JobSpec, JobStatus, OutputChunk, StagedWorkspace};
 use crate::outcome::SlurmState;
 
@@ -142,7 +143,8 @@ impl SlurmBackend {
         let started = tokio::time::Instant::now();
         loop {
             let running = match self.status_from_scontrol(id).await {
-                Ok(Some(status)) => is_still_running(&status.state),
+                // COMPLETING is not final: its processes are being killed.
+                Ok(Some(status)) => !status.state.is_final(),
                 Ok(None) => false,
                 Err(err) => {
                     tracing::debug!("could not check that job {id} stopped: {err:#}");
@@ -226,44 +228,12 @@ fn parse_sbatch(stdout: &str) -> Result<JobId> {
     Ok(JobId(id.to_string()))
 }
 
-/// Whether the job's exit code and end time are final: the one answer of
-/// [`SlurmState::is_final`], so the backend and the watcher agree (an
-/// unknown state and COMPLETING are not final: the job may still change).
-fn is_finished(state: &str) -> bool {
-    SlurmState::parse(state).is_final()
-}
-
-/// True while the job may still have processes: any state that is not final
-/// (COMPLETING included: its processes are being killed, epilogues run).
-fn is_still_running(state: &str) -> bool {
-    !is_finished(state)
-}
-
 /// Splits Slurm's `rc:signal`.
 fn parse_exit_code(value: &str) -> (Option<i64>, Option<i64>) {
     match value.split_once(':') {
         Some((rc, sig)) => (rc.trim().parse().ok(), sig.trim().parse().ok()),
         None => (value.trim().parse().ok(), None),
     }
-}
-
-/// Seconds in Slurm's `[days-]hours:minutes:seconds` (or `minutes:seconds`).
-fn parse_duration(value: &str) -> Option<u64> {
-    let (days, rest) = match value.split_once('-') {
-        Some((d, rest)) => (d.parse::<u64>().ok()?, rest),
-        None => (0, value),
-    };
-    let parts = rest
-        .split(':')
-        .map(|p| p.parse::<u64>().ok())
-        .collect::<Option<Vec<u64>>>()?;
-    let hms = match parts.as_slice() {
-        [s] => *s,
-        [m, s] => m * 60 + s,
-        [h, m, s] => h * 3600 + m * 60 + s,
-        _ => return None,
-    };
-    Some(days * 86400 + hms)
 }
 
 /// A Unix time printed under `SLURM_TIME_FORMAT=%s`; `Unknown`, `None`, 0 are absent.
@@ -318,9 +288,10 @@ fn parse_scontrol(stdout: &str, id: &str) -> Option<JobStatus> {
         if get("JobId") != Some(id) {
             continue;
         }
-        let state = get("JobState")?.to_string();
-        let finished = is_finished(&state);
-        let started = !state.starts_with("PENDING");
+        let state = SlurmState::parse(get("JobState")?);
+        // The exit code and end time are known once the state is final.
+        let finished = state.is_final();
+        let started = state != SlurmState::Pending;
         let (exit_code, signal) = if finished {
             parse_exit_code(get("ExitCode").unwrap_or(""))
         } else {
@@ -330,7 +301,7 @@ fn parse_scontrol(stdout: &str, id: &str) -> Option<JobStatus> {
             reason: get("Reason").and_then(present),
             exit_code,
             signal,
-            elapsed: get("RunTime").and_then(parse_duration),
+            elapsed: get("RunTime").and_then(run_time_seconds),
             submit_time: get("SubmitTime").and_then(parse_time),
             start_time: started
                 .then(|| get("StartTime").and_then(parse_time))
@@ -354,8 +325,8 @@ fn parse_sacct(stdout: &str, id: &str) -> Option<JobStatus> {
         .find(|l| l.split('|').next() == Some(id))?;
     let cols: Vec<&str> = line.split('|').collect();
     let col = |i: usize| cols.get(i).copied().unwrap_or("");
-    let state = present(col(1))?;
-    let finished = is_finished(&state);
+    let state = SlurmState::parse(&present(col(1))?);
+    let finished = state.is_final();
     let (exit_code, signal) = if finished {
         parse_exit_code(col(2))
     } else {
@@ -384,6 +355,18 @@ fn base_dir_from(scratch: Option<String>, home: Option<String>) -> String {
         .find(|v| !v.is_empty())
         .unwrap_or_else(|| "/tmp".to_string());
     format!("{root}/firecrest-ci")
+}
+
+/// The run's steps with the Slurm commands, for the dry run.
+pub fn plan(request: &super::PlanRequest) -> Vec<String> {
+    let run_dir = request.run_dir;
+    vec![
+        format!("mkdir -m 700 {run_dir}; copy {}", request.archive),
+        "sbatch --parsable".to_string(),
+        "scontrol show job / sacct every poll; read the output file".to_string(),
+        request.removal(&format!("rm -r {run_dir}")),
+        "on cancel: scancel <id>".to_string(),
+    ]
 }
 
 #[async_trait]
@@ -504,6 +487,12 @@ impl Backend for SlurmBackend {
     }
 }
 
+/// Seconds in `scontrol`'s `RunTime` (Slurm's time format, read by the one
+/// Slurm time parser).
+fn run_time_seconds(text: &str) -> Option<u64> {
+    crate::config::SlurmTime::parse_slurm(text).map(|t| t.as_duration().map_or(0, |d| d.as_secs()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,7 +511,7 @@ mod tests {
     #[test]
     fn scontrol_finished_job() {
         let s = parse_scontrol(DONE, "2").unwrap();
-        assert_eq!(s.state, "FAILED");
+        assert_eq!(s.state, SlurmState::Failed);
         assert_eq!(s.reason.as_deref(), Some("NonZeroExitCode"));
         assert_eq!((s.exit_code, s.signal), (Some(3), Some(0)));
         assert_eq!(s.elapsed, Some(65));
@@ -543,7 +532,7 @@ mod tests {
     #[test]
     fn scontrol_pending_job_has_no_exit_or_projected_times() {
         let s = parse_scontrol(PENDING, "9").unwrap();
-        assert_eq!(s.state, "PENDING");
+        assert_eq!(s.state, SlurmState::Pending);
         assert_eq!(s.reason.as_deref(), Some("Priority"));
         assert_eq!((s.exit_code, s.signal), (None, None));
         assert_eq!((s.start_time, s.end_time), (None, None));
@@ -562,7 +551,7 @@ mod tests {
                    5|CANCELLED by 1001|0:15|86|1795915565|1795915580|1795915666|nid[001-004]|None\n\
                    55|COMPLETED|0:0|1|1|1|1|vm|None\n";
         let s = parse_sacct(out, "5").unwrap();
-        assert_eq!(s.state, "CANCELLED by 1001");
+        assert_eq!(s.state.to_string(), "CANCELLED by 1001");
         assert_eq!((s.exit_code, s.signal), (Some(0), Some(15)));
         assert_eq!(s.elapsed, Some(86));
         assert_eq!(s.start_time, Some(1795915580));
@@ -609,12 +598,13 @@ mod tests {
 
     #[test]
     fn durations_and_exit_codes() {
-        assert_eq!(parse_duration("00:01:26"), Some(86));
-        assert_eq!(parse_duration("1-00:00:01"), Some(86401));
-        assert_eq!(parse_duration("05:07"), Some(307));
-        assert_eq!(parse_duration("INVALID"), None);
+        assert_eq!(run_time_seconds("00:01:26"), Some(86));
+        assert_eq!(run_time_seconds("1-00:00:01"), Some(86401));
+        assert_eq!(run_time_seconds("05:07"), Some(307));
+        assert_eq!(run_time_seconds("INVALID"), None);
         assert_eq!(parse_exit_code("0:9"), (Some(0), Some(9)));
         assert_eq!(parse_exit_code("3:0"), (Some(3), Some(0)));
+        let is_finished = |state: &str| SlurmState::parse(state).is_final();
         assert!(is_finished("CANCELLED by 0"));
         assert!(!is_finished("COMPLETING"));
         assert!(!is_finished("RUNNING"));
@@ -623,6 +613,8 @@ mod tests {
 
     #[test]
     fn a_cancelled_job_runs_until_it_stopped_completing() {
+        // What `wait_until_gone` waits out.
+        let is_still_running = |state: &str| !SlurmState::parse(state).is_final();
         for running in [
             "PENDING",
             "RUNNING",
@@ -658,9 +650,10 @@ mod tests {
         assert_eq!(base_dir_from(None, None), "/tmp/firecrest-ci");
     }
 
-    /// The backend's "finished" is the watcher's "final", state by state,
-    /// unknown states included (they once disagreed: an unknown state or
-    /// COMPLETING counted as finished here and not there).
+    /// The backend's "finished" (an exit code is reported) is the watcher's
+    /// "final", state by state, unknown states included (they once
+    /// disagreed: an unknown state or COMPLETING counted as finished here
+    /// and not there).
     #[test]
     fn finished_here_is_final_for_the_watcher() {
         for state in [
@@ -692,14 +685,18 @@ mod tests {
             "",
         ] {
             let final_state = SlurmState::parse(state).is_final();
-            assert_eq!(is_finished(state), final_state, "{state}");
-            assert_eq!(is_still_running(state), !final_state, "{state}");
             // The exit code is reported exactly when the state is final.
             let line = format!("JobId=7 JobName=x JobState={state} ExitCode=3:0 RunTime=00:00:01");
             let status = parse_scontrol(&line, "7");
             if !state.is_empty() {
                 let status = status.expect("a status");
+                assert_eq!(status.state.is_final(), final_state, "{state}");
                 assert_eq!(status.exit_code.is_some(), final_state, "{state}");
+            }
+            let sacct = format!("7|{state}|3:0|1|10|11|12|vm|None\n");
+            if let Some(status) = parse_sacct(&sacct, "7") {
+                assert_eq!(status.exit_code.is_some(), final_state, "{state}");
+                assert_eq!(status.end_time.is_some(), final_state, "{state}");
             }
         }
     }

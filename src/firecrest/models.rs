@@ -361,7 +361,7 @@ impl From<&Job> for JobStatus {
             .filter(|n| !n.is_empty())
             .map(str::to_owned);
         JobStatus {
-            state: job.status.state.clone(),
+            state: crate::outcome::SlurmState::parse(&job.status.state),
             reason,
             exit_code: job.status.exit_code,
             signal: job.status.interrupt_signal,
@@ -474,7 +474,7 @@ mod tests {
         }))
         .unwrap();
         let status = JobStatus::from(&job);
-        assert_eq!(status.state, "PENDING");
+        assert_eq!(status.state, crate::outcome::SlurmState::Pending);
         assert_eq!(status.reason, None);
         assert_eq!(status.exit_code, None);
         assert_eq!(status.signal, None);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use firecrest_ci::backend::local::LocalBackend;
 use firecrest_ci::backend::slurm::SlurmBackend;
 use firecrest_ci::backend::{Backend, JobId, JobSpec, JobStatus};
+use firecrest_ci::config::SlurmTime;
 
 /// Text with 2-, 3- and 4-byte characters, so chunk edges can split them.
 const MULTIBYTE: &str = "héllo wörld ✓ 日本語 🚀";
@@ -21,16 +22,19 @@ fn spec(dir: &Path, name: &str, directives: &str, body: &str) -> JobSpec {
         name: name.to_string(),
         script: format!("#!/bin/bash -l\n#SBATCH --output=out.log\n{directives}\nset -u\n{body}\n"),
         working_dir: dir.to_str().unwrap().to_string(),
+        // The same file as the script's line, for the local backend.
+        output: Some("out.log".to_string()),
         ..JobSpec::default()
     }
 }
 
-fn is_final(state: &str) -> bool {
-    let base = state.split_whitespace().next().unwrap_or("");
-    !matches!(
-        base,
-        "" | "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED" | "REQUEUED"
-    )
+/// A job with the time limit `time` (Slurm's format), in the script's
+/// `#SBATCH --time` line and in the spec's field, as the pipeline does.
+fn timed(dir: &Path, name: &str, time: &str, body: &str) -> JobSpec {
+    JobSpec {
+        time_limit: SlurmTime::parse_slurm(time).unwrap().as_duration(),
+        ..spec(dir, name, &format!("#SBATCH --time={time}"), body)
+    }
 }
 
 /// Bound for a short local job to end: the machine may be loaded (tests
@@ -45,7 +49,7 @@ async fn wait_end(backend: &dyn Backend, id: &JobId, limit: Duration) -> JobStat
     let start = Instant::now();
     loop {
         if let Some(status) = backend.job_status(id).await.unwrap() {
-            if is_final(&status.state) {
+            if status.state.is_final() {
                 return status;
             }
         }
@@ -180,7 +184,7 @@ async fn check_streamed_output(backend: &dyn Backend, dir: &Path, id: &JobId) {
         async move {
             loop {
                 let s = backend.job_status(&id).await.unwrap();
-                if let Some(s) = s.filter(|s| is_final(&s.state)) {
+                if let Some(s) = s.filter(|s| s.state.is_final()) {
                     *status.lock().unwrap() = Some(s);
                     return;
                 }
@@ -201,7 +205,7 @@ async fn check_streamed_output(backend: &dyn Backend, dir: &Path, id: &JobId) {
     );
     let ((), chunks) = tokio::join!(watcher, reader);
     let final_status = status.lock().unwrap().clone().unwrap();
-    assert_eq!(final_status.state, "COMPLETED");
+    assert_eq!(final_status.state.to_string(), "COMPLETED");
 
     let joined: Vec<u8> = chunks.concat();
     let expected = format!("{MULTIBYTE}\n{MULTIBYTE}\n");
@@ -234,15 +238,15 @@ async fn local_exit_zero_completes_without_the_callers_environment() {
     );
     let dir = tempfile::tempdir().unwrap();
     let backend = LocalBackend::new();
-    let job = spec(
+    let job = timed(
         dir.path(),
         "ok",
-        "#SBATCH --time=2",
+        "2",
         "echo \"id=$SLURM_JOB_ID pwd=$PWD\"\necho \"leak=${CARGO_MANIFEST_DIR-unset}\"\necho to-stderr >&2\necho artifact > result.txt",
     );
     let id = backend.submit(&job).await.unwrap();
     let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
-    assert_eq!(status.state, "COMPLETED");
+    assert_eq!(status.state.to_string(), "COMPLETED");
     assert_eq!((status.exit_code, status.signal), (Some(0), Some(0)));
     assert!(status.end_time.unwrap() >= status.start_time.unwrap());
     let out = output(dir.path());
@@ -276,7 +280,7 @@ async fn local_exit_three_fails_with_its_code() {
         .await
         .unwrap();
     let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
-    assert_eq!(status.state, "FAILED");
+    assert_eq!(status.state.to_string(), "FAILED");
     assert_eq!((status.exit_code, status.signal), (Some(3), Some(0)));
     assert_eq!(output(dir.path()), "before\n");
 }
@@ -290,7 +294,7 @@ async fn local_job_killed_by_a_signal_reports_it() {
         .await
         .unwrap();
     let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
-    assert_eq!(status.state, "FAILED");
+    assert_eq!(status.state.to_string(), "FAILED");
     assert_eq!((status.exit_code, status.signal), (Some(0), Some(9)));
 }
 
@@ -303,10 +307,10 @@ async fn local_time_limit_times_out_and_kills_the_tree() {
     let backend = LocalBackend::new();
     let started = Instant::now();
     let id = backend
-        .submit(&spec(
+        .submit(&timed(
             dir.path(),
             "slow",
-            &format!("#SBATCH --time=0:{LIMIT_SECS}"),
+            &format!("0:{LIMIT_SECS}"),
             "sleep 300 &\necho $! > pids\necho start\nwait\necho never",
         ))
         .await
@@ -314,11 +318,12 @@ async fn local_time_limit_times_out_and_kills_the_tree() {
     wait_output(dir.path(), "start\n", APPEAR_LIMIT).await;
     let running = backend.job_status(&id).await.unwrap().unwrap();
     assert_eq!(
-        running.state, "RUNNING",
+        running.state.to_string(),
+        "RUNNING",
         "the job ended before the test saw it start"
     );
     let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
-    assert_eq!(status.state, "TIMEOUT");
+    assert_eq!(status.state.to_string(), "TIMEOUT");
     assert!(started.elapsed() >= Duration::from_secs(LIMIT_SECS));
     // Ended by the limit (SIGTERM, SIGKILL 5 s later), not by `sleep 300`.
     assert!(
@@ -347,12 +352,12 @@ async fn local_cancel_stops_the_whole_tree_even_what_ignores_sigterm() {
     assert_eq!(pids.len(), 4, "{pids:?}");
     assert!(pids.iter().all(|p| alive(*p)));
     let running = backend.job_status(&id).await.unwrap().unwrap();
-    assert_eq!(running.state, "RUNNING");
+    assert_eq!(running.state.to_string(), "RUNNING");
     assert_eq!(running.exit_code, None);
 
     backend.cancel(&id).await.unwrap();
     let status = backend.job_status(&id).await.unwrap().unwrap();
-    assert_eq!(status.state, "CANCELLED");
+    assert_eq!(status.state.to_string(), "CANCELLED");
     assert_gone(&pids).await;
     // A second cancel of an ended job is fine, and so is an unknown job.
     backend.cancel(&id).await.unwrap();
@@ -380,7 +385,7 @@ async fn local_leftover_background_processes_end_with_the_job() {
         .await
         .unwrap();
     let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
-    assert_eq!(status.state, "COMPLETED");
+    assert_eq!(status.state.to_string(), "COMPLETED");
     assert_gone(&pids_in(&dir.path().join("pids"))).await;
 }
 
@@ -405,12 +410,12 @@ async fn local_runs_the_shipped_example() {
         shlex::try_quote(example.to_str().unwrap()).unwrap()
     );
     let id = backend
-        .submit(&spec(dir.path(), "hello", "#SBATCH --time=1", &body))
+        .submit(&timed(dir.path(), "hello", "1", &body))
         .await
         .unwrap();
     let status = wait_end(&backend, &id, LOCAL_LIMIT).await;
     let out = output(dir.path());
-    assert_eq!(status.state, "COMPLETED", "{out}");
+    assert_eq!(status.state.to_string(), "COMPLETED", "{out}");
     assert!(out.contains("Grüße, こんにちは, 👋"), "{out}");
     assert!(out.contains("a line on stderr"), "{out}");
     let artifact = std::fs::read_to_string(dir.path().join("out/greeting.txt")).unwrap();
@@ -531,7 +536,7 @@ async fn slurm_exit_zero_completes_without_the_callers_environment() {
     job.partition = Some("debug".into());
     let id = backend.submit(&job).await.unwrap();
     let status = wait_end(&backend, &id, SLURM_LIMIT).await;
-    assert_eq!(status.state, "COMPLETED");
+    assert_eq!(status.state.to_string(), "COMPLETED");
     assert_eq!((status.exit_code, status.signal), (Some(0), Some(0)));
     assert!(status.nodes.is_some());
     assert!(status.end_time.unwrap() >= status.start_time.unwrap());
@@ -556,7 +561,7 @@ async fn slurm_exit_three_fails_with_its_code() {
         .await
         .unwrap();
     let status = wait_end(&backend, &id, SLURM_LIMIT).await;
-    assert_eq!(status.state, "FAILED");
+    assert_eq!(status.state.to_string(), "FAILED");
     assert_eq!((status.exit_code, status.signal), (Some(3), Some(0)));
     assert_not_queued(&id).await;
 }
@@ -572,7 +577,7 @@ async fn slurm_job_killed_by_a_signal_reports_it() {
         .await
         .unwrap();
     let status = wait_end(&backend, &id, SLURM_LIMIT).await;
-    assert_eq!(status.state, "FAILED");
+    assert_eq!(status.state.to_string(), "FAILED");
     assert_eq!(status.signal, Some(9));
     assert_not_queued(&id).await;
 }
@@ -585,17 +590,17 @@ async fn slurm_time_limit_times_out() {
     let dir = slurm_dir();
     let started = Instant::now();
     let id = backend
-        .submit(&spec(
+        .submit(&timed(
             dir.path(),
             "firecrest-ci-test-timeout",
-            "#SBATCH --time=1",
+            "1",
             "echo start\nsleep 600\necho never",
         ))
         .await
         .unwrap();
     wait_output(dir.path(), "start\n", SLURM_LIMIT).await;
     let status = wait_end(&backend, &id, SLURM_LIMIT + Duration::from_secs(120)).await;
-    assert_eq!(status.state, "TIMEOUT");
+    assert_eq!(status.state.to_string(), "TIMEOUT");
     assert!(started.elapsed() >= Duration::from_secs(55));
     assert!(output(dir.path()).starts_with("start\n"));
     assert!(!output(dir.path()).contains("never"));
@@ -620,11 +625,14 @@ async fn slurm_cancel_ends_the_job() {
     let pids_file = dir.path().join("pids");
     wait_file(&pids_file, SLURM_LIMIT).await;
     let running = backend.job_status(&id).await.unwrap().unwrap();
-    assert_eq!(running.state, "RUNNING");
+    assert_eq!(running.state.to_string(), "RUNNING");
     assert_eq!(running.exit_code, None);
     backend.cancel(&id).await.unwrap();
     let status = wait_end(&backend, &id, SLURM_LIMIT).await;
-    assert!(status.state.starts_with("CANCELLED"), "{status:?}");
+    assert!(
+        status.state.to_string().starts_with("CANCELLED"),
+        "{status:?}"
+    );
     assert_not_queued(&id).await;
     assert_gone(&pids_in(&pids_file)).await;
     // Cancelling an ended job is fine.
@@ -665,13 +673,13 @@ async fn slurm_dependency_waits_for_the_first_job() {
     second.dependency = Some(first.clone());
     let second = backend.submit(&second).await.unwrap();
     let waiting = backend.job_status(&second).await.unwrap().unwrap();
-    assert_eq!(waiting.state, "PENDING");
+    assert_eq!(waiting.state.to_string(), "PENDING");
     assert_eq!(waiting.reason.as_deref(), Some("Dependency"));
     std::fs::write(dir.path().join("release"), "").unwrap();
     let a = wait_end(&backend, &first, SLURM_LIMIT).await;
     let b = wait_end(&backend, &second, SLURM_LIMIT).await;
     assert_eq!(
-        (a.state.as_str(), b.state.as_str()),
+        (a.state.to_string().as_str(), b.state.to_string().as_str()),
         ("COMPLETED", "COMPLETED")
     );
     assert!(b.start_time.unwrap() >= a.end_time.unwrap());

@@ -311,13 +311,14 @@ fn every_recorded_reply_parses() {
                     assert!(!r.jobs.is_empty(), "{at}");
                     for job in &r.jobs {
                         let status = JobStatus::from(job);
-                        assert!(!status.state.is_empty(), "{at}");
+                        assert!(!status.state.to_string().is_empty(), "{at}");
                         let raw = job.status.state_reason.as_deref();
                         let expected = raw.filter(|r| *r != "None").map(str::to_owned);
                         assert_eq!(status.reason, expected, "{at}: \"None\" is no reason");
                         // exitCode/interruptSignal are null while pending (and
                         // right after start, from squeue); set once the job ended.
-                        let first = status.state.split_whitespace().next().unwrap();
+                        let state = status.state.to_string();
+                        let first = state.split_whitespace().next().unwrap();
                         if first == "PENDING" {
                             assert_eq!((status.exit_code, status.signal), (None, None), "{at}");
                         }
@@ -360,23 +361,26 @@ fn recorded_final_states_convert_for_the_outcome_table() {
     };
     let s = last("job_out_of_memory");
     assert_eq!(
-        (s.state.as_str(), s.exit_code, s.signal),
+        (s.state.to_string().as_str(), s.exit_code, s.signal),
         ("OUT_OF_MEMORY", Some(0), Some(125))
     );
     let s = last("job_signal_killed");
     assert_eq!(
-        (s.state.as_str(), s.exit_code, s.signal),
+        (s.state.to_string().as_str(), s.exit_code, s.signal),
         ("FAILED", Some(0), Some(9))
     );
     let s = last("job_timeout");
     assert_eq!(
-        (s.state.as_str(), s.exit_code, s.signal),
+        (s.state.to_string().as_str(), s.exit_code, s.signal),
         ("TIMEOUT", Some(0), Some(0))
     );
     let s = last("job_cancelled");
-    assert_eq!(s.state, "CANCELLED by 1001");
+    assert_eq!(s.state.to_string(), "CANCELLED by 1001");
     let s = last("job_failed_exit3");
-    assert_eq!((s.state.as_str(), s.exit_code), ("FAILED", Some(3)));
+    assert_eq!(
+        (s.state.to_string().as_str(), s.exit_code),
+        ("FAILED", Some(3))
+    );
     assert_eq!(s.elapsed, Some(16));
     assert_eq!(s.nodes.as_deref(), Some("vm"));
 }
