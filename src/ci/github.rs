@@ -5,7 +5,7 @@ use rand::Rng;
 
 /// Random bytes in a stop-commands token or heredoc delimiter (hex: twice as
 /// many characters); 128 bits cannot be guessed by the job.
-pub(super) const TOKEN_BYTES: usize = 16;
+const TOKEN_BYTES: usize = 16;
 
 /// Escapes command data (messages, titles of groups) for GitHub.
 pub(super) fn escape_data(text: &str) -> String {
@@ -41,7 +41,7 @@ pub(super) fn token_in(tail: &[u8], bytes: &[u8], token: &str) -> bool {
     contains_ignore_case(&joined, token)
 }
 
-pub(super) fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
     let Some(&first) = needle.first() else {
         return true;
     };

@@ -11,7 +11,7 @@ use super::one_line;
 /// `FIRECREST_JOB_ID`, `remote-dir` -> `FIRECREST_JOB_REMOTE_DIR`. The
 /// `FIRECREST_JOB_` prefix keeps them apart from the inputs: a later job
 /// that also runs firecrest-ci must not read `FIRECREST_REMOTE_DIR` back.
-pub(super) fn dotenv_key(name: &str) -> String {
+fn dotenv_key(name: &str) -> String {
     let name = name.strip_prefix("job-").unwrap_or(name);
     format!(
         "FIRECREST_JOB_{}",
@@ -54,7 +54,7 @@ pub(super) fn unix_now() -> u64 {
 }
 
 /// GitLab section names allow `[A-Za-z0-9_.-]` only.
-pub(super) fn section_name(id: &str) -> String {
+fn section_name(id: &str) -> String {
     let name: String = id
         .chars()
         .map(|c| {

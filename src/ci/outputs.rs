@@ -13,7 +13,7 @@ use super::{Ci, Platform};
 
 /// Output names end up in `name=value` / `name<<DELIM` records and in dotenv
 /// keys, so only a safe alphabet is accepted.
-pub(super) fn validate_output_name(name: &str) -> Result<()> {
+fn validate_output_name(name: &str) -> Result<()> {
     if name.is_empty()
         || !name
             .bytes()
@@ -49,7 +49,7 @@ pub(super) fn open_append(path: &Path) -> Result<(File, u64, bool)> {
 }
 
 /// Appends one record in a single write (steps share the file).
-pub(super) fn append_record(path: &Path, record: &[u8]) -> Result<()> {
+fn append_record(path: &Path, record: &[u8]) -> Result<()> {
     let (mut file, _, needs_newline) = open_append(path)?;
     let mut buf = Vec::with_capacity(record.len() + 1);
     if needs_newline {

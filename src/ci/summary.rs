@@ -9,16 +9,16 @@ use super::outputs::open_append;
 use super::{Ci, Platform};
 
 /// GitHub refuses a step summary larger than this (1 MiB per step).
-pub(super) const SUMMARY_LIMIT: u64 = 1024 * 1024;
+const SUMMARY_LIMIT: u64 = 1024 * 1024;
 
 /// Appended where a summary had to be cut, so readers know text is missing.
-pub(super) const TRUNCATION_NOTE: &str = "\n> **Note**\n> firecrest-ci cut this summary short: \
+const TRUNCATION_NOTE: &str = "\n> **Note**\n> firecrest-ci cut this summary short: \
 GitHub accepts at most 1 MiB of summary per step.\n";
 
 /// Bytes kept free when truncating, for a newline and a closing code fence.
-pub(super) const FENCE_RESERVE: usize = 32;
+const FENCE_RESERVE: usize = 32;
 
-pub(super) enum Fit<'a> {
+enum Fit<'a> {
     Whole(&'a str),
     Truncated(String),
     Nothing,
@@ -26,7 +26,7 @@ pub(super) enum Fit<'a> {
 
 /// What of `markdown` fits in `room` bytes: all of it, or a prefix cut at a
 /// line (else character) boundary, with an open code fence closed and a note.
-pub(super) fn fit_summary(markdown: &str, room: usize) -> Fit<'_> {
+fn fit_summary(markdown: &str, room: usize) -> Fit<'_> {
     if markdown.len() <= room {
         return Fit::Whole(markdown);
     }
@@ -55,7 +55,7 @@ pub(super) fn fit_summary(markdown: &str, room: usize) -> Fit<'_> {
     Fit::Truncated(text)
 }
 
-pub(super) fn floor_char_boundary(text: &str, index: usize) -> usize {
+fn floor_char_boundary(text: &str, index: usize) -> usize {
     let mut index = index.min(text.len());
     while !text.is_char_boundary(index) {
         index -= 1;
@@ -65,7 +65,7 @@ pub(super) fn floor_char_boundary(text: &str, index: usize) -> usize {
 
 /// The fence (run of backticks or tildes) of a code block left open at the
 /// end of `markdown`, if any.
-pub(super) fn open_fence(markdown: &str) -> Option<String> {
+fn open_fence(markdown: &str) -> Option<String> {
     let mut open: Option<(char, usize)> = None;
     for line in markdown.lines() {
         let line = line.trim_start_matches(' ');
