@@ -54,7 +54,7 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
     if config.dry_run {
         return dry_run(&config, &ci, &run_name).await;
     }
-    // 1. Connect (no request yet).
+    // Step 1, the configuration, was read in main. Connect (no request yet).
     let backend = connect(&config.connection(), &ci)?;
     tracing::info!(
         "firecrest-ci {}: {}",
@@ -62,7 +62,7 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         backend.describe()
     );
 
-    // 2. Pack, in the background from here on: while the first requests
+    // Step 2: pack, in the background from here on: while the first requests
     // (token, systems, the user's name) reach the cluster, so that a wrong
     // URL or secret shows before a large workspace is packed, and while the
     // archive's first parts go up.
@@ -94,7 +94,7 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         backend.artifacts_part_size().await?
     };
 
-    // 3.-5. From here on the run directory exists: every way out goes
+    // Steps 3 to 5: from here on the run directory exists: every way out goes
     // through `finish`, which decides its cleanup once.
     let remote = Remote {
         backend: backend.as_ref(),
@@ -102,7 +102,8 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         ci: ci.clone(),
     };
     let on_cluster = async {
-        let Some((staged, pack)) = place(&config, &ci, &remote, packing, &stop).await? else {
+        let Some((staged, pack)) = staged_workspace(&config, &ci, &remote, packing, &stop).await?
+        else {
             return Ok(End::Unsubmitted {
                 code: signal_code(&stop),
             });
@@ -116,13 +117,13 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         attempt::submit_and_watch(&config, &ci, &remote, &staged, &log, &mut stop).await
     };
     let end = on_cluster.await;
-    // 6.-7. Outcome, artifacts, hand-back, cleanup, report.
+    // Steps 6 and 7: outcome, artifacts, hand-back, cleanup, report.
     finish::finish(&config, &ci, &remote, end).await
 }
 
 /// Step 3: creates the run directory and uploads the workspace while it is
 /// packed; `None` when CI stopped the run meanwhile.
-async fn place(
+async fn staged_workspace(
     config: &Config,
     ci: &Ci,
     remote: &Remote<'_>,
