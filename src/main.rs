@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use firecrest_ci::check;
-use firecrest_ci::ci::Ci;
+use firecrest_ci::ci::{Ci, Platform};
 use firecrest_ci::config::{CliFlags, Config, Connection};
 use firecrest_ci::outcome::{self, codes};
 use firecrest_ci::run;
+use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -164,12 +165,20 @@ async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
         Ok(code) => code,
         Err(err) => {
             let code = outcome::exit_code_for_error(&err);
-            tracing::error!("{err:#}");
-            if ci.platform() == firecrest_ci::ci::Platform::GitHub {
-                ci.error("firecrest-ci failed", &format!("{err:#}"));
-            }
+            print_error(&ci, &err);
             code
         }
+    }
+}
+
+/// The run's error, once, with its whole chain: on GitHub as an error
+/// annotation (the log shows it too, and the run's summary page lists it),
+/// elsewhere as a log line.
+fn print_error(ci: &Ci, err: &anyhow::Error) {
+    if ci.platform() == Platform::GitHub {
+        ci.error("firecrest-ci failed", &format!("{err:#}"));
+    } else {
+        tracing::error!("{err:#}");
     }
 }
 
@@ -199,16 +208,16 @@ fn install_signal_handlers() -> std::io::Result<watch::Receiver<Option<i32>>> {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let first = tokio::select! {
-            _ = interrupt.recv() => libc_signal::SIGINT,
-            _ = terminate.recv() => libc_signal::SIGTERM,
-            _ = hangup.recv() => libc_signal::SIGHUP,
+            _ = interrupt.recv() => Signal::SIGINT,
+            _ = terminate.recv() => Signal::SIGTERM,
+            _ = hangup.recv() => Signal::SIGHUP,
         };
         tracing::warn!(
             "received {}: cancelling the job (a second signal exits at once)",
-            libc_signal::name(first)
+            first.as_str()
         );
-        let _ = tx.send(Some(first));
-        let code = outcome::ci_signal_code(first);
+        let _ = tx.send(Some(first as i32));
+        let code = outcome::ci_signal_code(first as i32);
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
@@ -220,19 +229,4 @@ fn install_signal_handlers() -> std::io::Result<watch::Receiver<Option<i32>>> {
         std::process::exit(code);
     });
     Ok(rx)
-}
-
-mod libc_signal {
-    pub const SIGHUP: i32 = 1;
-    pub const SIGINT: i32 = 2;
-    pub const SIGTERM: i32 = 15;
-
-    pub fn name(signal: i32) -> &'static str {
-        match signal {
-            SIGHUP => "SIGHUP",
-            SIGINT => "SIGINT",
-            SIGTERM => "SIGTERM",
-            _ => "a signal",
-        }
-    }
 }
