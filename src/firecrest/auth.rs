@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use super::contact::{self, Contact, ContactError, Host};
 use super::models::{TokenErrorBody, TokenResponse};
-use super::retry::{self, Backoff, RetryPolicy};
+use super::retry::{self, Attempt, Failure, Retry, RetryPolicy};
 use super::{ApiError, AuthSource};
 use crate::secret::Secret;
 
@@ -203,53 +203,20 @@ impl TokenSource {
         client_id: &str,
         client_secret: &Secret,
     ) -> Result<TokenResponse> {
-        let mut backoff = Backoff::new(self.contact.policy(Host::Token, self.retry));
-        loop {
-            let err = match self.grant(state, token_url, client_id, client_secret).await {
-                Ok(reply) => return Ok(reply),
-                Err(err) => err,
-            };
-            let first_contact = !self.contact.answered(Host::Token);
-            if first_contact && contact::is_unknown_host(&err) {
-                return Err(err.context(ContactError::UnknownHost {
-                    host_kind: Host::Token,
-                    host: contact::host_of(token_url),
-                }));
-            }
-            if !retry::is_transient(&err) {
-                return Err(err);
-            }
-            let retry_after = err
-                .chain()
-                .find_map(|c| c.downcast_ref::<ApiError>())
-                .and_then(|api| api.retry_after);
-            let Some(delay) = backoff.next_delay(retry_after) else {
-                let err = err.context(format!(
-                    "giving up after {} attempts in {:.1?}",
-                    backoff.attempts(),
-                    backoff.elapsed()
-                ));
-                if first_contact {
-                    let certificate = contact::is_certificate_error(&err);
-                    return Err(err.context(ContactError::Unreachable {
-                        host_kind: Host::Token,
-                        host: contact::host_of(token_url),
-                        url: super::url_without_query(token_url),
-                        waited_s: backoff.elapsed().as_secs_f64().round() as u64,
-                        certificate,
-                    }));
-                }
-                return Err(err);
-            };
-            tracing::debug!(
-                url = %token_url,
-                attempt = backoff.attempts(),
-                delay_ms = delay.as_millis() as u64,
-                error = %format!("{err:#}"),
-                "retrying the token request"
-            );
-            tokio::time::sleep(delay).await;
-        }
+        let shown_url = super::url_without_query(token_url);
+        let policy = self.contact.policy(Host::Token, self.retry);
+        let mut grant = GrantAttempt {
+            source: self,
+            state,
+            token_url,
+            client_id,
+            client_secret,
+        };
+        Retry::new(policy, format!("POST {shown_url}"))
+            .note("retrying the token request")
+            .run(&mut grant)
+            .await
+            .map_err(|err| self.contact.unreachable(Host::Token, &shown_url, err))
     }
 
     /// Tries the remembered style, or form first and then Basic.
@@ -401,6 +368,42 @@ impl TokenSource {
             self.contact.mark_answered(Host::Token);
         }
         Ok(())
+    }
+}
+
+/// The token request, as the retry loop sees it.
+struct GrantAttempt<'a> {
+    source: &'a TokenSource,
+    state: &'a mut State,
+    token_url: &'a str,
+    client_id: &'a str,
+    client_secret: &'a Secret,
+}
+
+impl Attempt for GrantAttempt<'_> {
+    type Output = TokenResponse;
+
+    async fn attempt(&mut self) -> Result<TokenResponse, Failure> {
+        let source = self.source;
+        let err = match source
+            .grant(
+                self.state,
+                self.token_url,
+                self.client_id,
+                self.client_secret,
+            )
+            .await
+        {
+            Ok(reply) => return Ok(reply),
+            Err(err) => err,
+        };
+        if !source.contact.answered(Host::Token) && contact::is_unknown_host(&err) {
+            return Err(Failure::Fatal(err.context(ContactError::UnknownHost {
+                host_kind: Host::Token,
+                host: contact::host_of(self.token_url),
+            })));
+        }
+        Err(Failure::Judge(err))
     }
 }
 

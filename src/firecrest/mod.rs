@@ -31,6 +31,7 @@ pub use auth::{AuthError, TokenObserver};
 use contact::{Contact, ContactError, Host};
 use models::*;
 pub use retry::RetryPolicy;
+use retry::{Attempt, Failure, Retry};
 
 use crate::secret::Secret;
 
@@ -547,52 +548,16 @@ impl Client {
             max_retries: self.inner.retry.max_retries.min(4),
             ..self.inner.retry
         };
-        let mut backoff = retry::Backoff::new(policy);
         let path = self.compute_path(None);
-        loop {
-            let err = match self.post_job(job).await {
-                Ok(id) => return Ok(id),
-                Err(err) => err,
-            };
-            // Unsent failures were already retried by `send` until its
-            // budget ran out; only an ambiguous failure is looked into here:
-            // a lost reply, or a success reply that cannot be read (the job
-            // exists, but its id is unknown).
-            let unreadable = err.chain().any(|c| c.is::<UnreadableSubmitReply>());
-            if !unreadable && (!retry::is_transient(&err) || retry::is_unsent(&err)) {
-                return Err(err);
-            }
-            let retry_after = ApiError::find(&err).and_then(|e| e.retry_after);
-            let Some(delay) = backoff.next_delay(retry_after) else {
-                return Err(err.context(format!(
-                    "giving up on POST {path} after {} attempts in {:.1?}",
-                    backoff.attempts(),
-                    backoff.elapsed()
-                )));
-            };
-            tracing::debug!(
-                method = "POST",
-                path = %path,
-                attempt = backoff.attempts(),
-                delay_ms = delay.as_millis() as u64,
-                error = %format!("{err:#}"),
-                "job submit failed; checking whether the job exists"
-            );
-            // Waiting first also gives the scheduler time to list the job;
-            // a new job can take a few seconds to show up, so look again
-            // before concluding it does not exist.
-            tokio::time::sleep(delay).await;
-            let spacing = self.inner.retry.max_delay.min(Duration::from_secs(3));
-            for lookup in 0..LOST_SUBMIT_LOOKUPS {
-                if lookup > 0 {
-                    tokio::time::sleep(spacing).await;
-                }
-                if let Some(found) = self.find_job_by_name(&job.name).await? {
-                    tracing::debug!(job_id = %found, "the job was created despite the failed reply");
-                    return Ok(found);
-                }
-            }
-        }
+        let mut submit = SubmitAttempt {
+            client: self,
+            job,
+            resubmit: false,
+        };
+        Retry::new(policy, format!("POST {path}"))
+            .note("job submit failed; checking whether the job exists")
+            .run(&mut submit)
+            .await
     }
 
     /// One submit request; resent only when it surely never arrived.
@@ -735,63 +700,24 @@ impl Client {
 
     /// GETs an object from byte `start` on into `writer`; a broken transfer
     /// resumes where it stopped. Returns the bytes written.
-    pub async fn s3_get_object<W: AsyncWrite + Unpin>(
+    pub async fn s3_get_object<W: AsyncWrite + Unpin + Send>(
         &self,
         url: &str,
         start: u64,
         writer: &mut W,
     ) -> Result<u64> {
-        let shown = url_without_query(url);
-        let mut backoff = retry::Backoff::new(self.inner.retry);
-        let mut written = 0u64;
-        loop {
-            let from = start + written;
-            let range = (from > 0).then(|| format!("bytes={from}-"));
-            let result = async {
-                let reply = self.s3(Method::GET, url, range, |req| req).await?;
-                if from > 0 && reply.status() != StatusCode::PARTIAL_CONTENT {
-                    anyhow::bail!("GET {shown}: S3 ignored the Range request");
-                }
-                let mut stream = reply.bytes_stream();
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk
-                        .map_err(|e| anyhow::Error::new(e.without_url()))
-                        .with_context(|| format!("GET {shown}: reading the object failed"))?;
-                    writer
-                        .write_all(&chunk)
-                        .await
-                        .context("failed to write a downloaded object")?;
-                    written += chunk.len() as u64;
-                }
-                writer
-                    .flush()
-                    .await
-                    .context("failed to flush a downloaded object")?;
-                Ok(())
-            }
-            .await;
-            let err = match result {
-                Ok(()) => return Ok(written),
-                Err(err) => err,
-            };
-            // Only a broken stream resumes here; `s3` already retried the request.
-            let broken_stream = err.chain().any(|c| {
-                c.downcast_ref::<reqwest::Error>()
-                    .is_some_and(|e| e.is_body() || e.is_timeout())
-            });
-            if !broken_stream {
-                return Err(err);
-            }
-            let Some(delay) = backoff.next_delay(None) else {
-                return Err(err.context(format!(
-                    "giving up on GET {shown} after {} attempts",
-                    backoff.attempts()
-                )));
-            };
-            tracing::debug!(method = "GET", path = %shown, written, attempt = backoff.attempts(),
-                delay_ms = delay.as_millis() as u64, "resuming an S3 download");
-            tokio::time::sleep(delay).await;
-        }
+        let mut download = S3Download {
+            client: self,
+            url,
+            shown: url_without_query(url),
+            start,
+            written: 0,
+            writer,
+        };
+        Retry::new(self.inner.retry, format!("GET {}", download.shown))
+            .note("resuming an S3 download")
+            .run(&mut download)
+            .await
     }
 
     /// A presigned S3 request, retried on transient failures; returns the
@@ -801,47 +727,23 @@ impl Client {
         method: Method,
         url: &str,
         range: Option<String>,
-        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder + Send + Sync,
     ) -> Result<reqwest::Response> {
         let shown = url_without_query(url);
         let parsed =
             Url::parse(url).with_context(|| format!("invalid presigned URL for {shown}"))?;
-        let mut backoff = retry::Backoff::new(self.inner.retry);
-        loop {
-            let mut req = self.inner.http.request(method.clone(), parsed.clone());
-            if let Some(range) = &range {
-                req = req.header(RANGE, range);
-            }
-            // The body of a GET is streamed by the caller: no total timeout
-            // (the client's read timeout catches a stall).
-            if method != Method::GET {
-                req = req.timeout(self.inner.request_timeout);
-            }
-            let err = match build(req).send().await {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let retry_after = retry_after_header(resp.headers());
-                    let body = resp.bytes().await.unwrap_or_default();
-                    anyhow::Error::new(s3_error(&method, url, status, &body, retry_after))
-                }
-                Err(e) => anyhow::Error::new(e.without_url())
-                    .context(format!("{method} {shown}: request failed")),
-            };
-            if !retry::is_transient(&err) {
-                return Err(err);
-            }
-            let retry_after = ApiError::find(&err).and_then(|e| e.retry_after);
-            let Some(delay) = backoff.next_delay(retry_after) else {
-                return Err(err.context(format!(
-                    "giving up on {method} {shown} after {} attempts in {:.1?}",
-                    backoff.attempts(),
-                    backoff.elapsed()
-                )));
-            };
-            log_retry(&method, &shown, &err, backoff.attempts(), delay);
-            tokio::time::sleep(delay).await;
-        }
+        let mut request = S3Request {
+            client: self,
+            method: &method,
+            url,
+            parsed,
+            shown: &shown,
+            range,
+            build,
+        };
+        Retry::new(self.inner.retry, format!("{method} {shown}"))
+            .run(&mut request)
+            .await
     }
 
     // ---- the request loop -------------------------------------------------
@@ -882,71 +784,18 @@ impl Client {
         }
         let contact = &self.inner.contact;
         let policy = contact.policy(Host::Api, call.policy.unwrap_or(self.inner.retry));
-        let mut backoff = retry::Backoff::new(policy);
-        let mut refreshed = false;
-        let mut token = self.inner.tokens.token().await?;
-        loop {
-            let err = match self.attempt(&call, &url, &path, &token).await {
-                Ok(reply) => return Ok(reply),
-                Err(err) => err,
-            };
-            let api = ApiError::find(&err);
-            if api.is_some_and(|e| e.status == 401) {
-                let message = api.map(|e| e.message.clone()).unwrap_or_default();
-                if !self.inner.tokens.can_refresh() {
-                    return Err(
-                        anyhow::Error::new(AuthError::StaticTokenRejected { message })
-                            .context(format!("{} {path}", call.method)),
-                    );
-                }
-                if !refreshed {
-                    refreshed = true;
-                    tracing::debug!(method = %call.method, path = %path, %message,
-                        "FirecREST rejected the token; refreshing it once");
-                    token = self.inner.tokens.refresh_after_rejection(&token).await?;
-                    continue;
-                }
-                return Err(err.context("FirecREST rejected a freshly obtained access token"));
-            }
-            let first_contact = !contact.answered(Host::Api);
-            if first_contact && contact::is_unknown_host(&err) {
-                return Err(err.context(ContactError::UnknownHost {
-                    host_kind: Host::Api,
-                    host: contact::host_of(self.base_url()),
-                }));
-            }
-            if api.is_some_and(call.is_final) || !retry::is_transient(&err) {
-                return Err(err);
-            }
-            if call.resend == Resend::OnlyIfUnsent && !retry::is_unsent(&err) {
-                return Err(err);
-            }
-            let retry_after = api.and_then(|e| e.retry_after);
-            let Some(delay) = backoff.next_delay(retry_after) else {
-                let err = err.context(format!(
-                    "giving up on {} {path} after {} attempts in {:.1?}",
-                    call.method,
-                    backoff.attempts(),
-                    backoff.elapsed()
-                ));
-                // Another request may have reached the host meanwhile.
-                if !contact.answered(Host::Api) {
-                    let certificate = contact::is_certificate_error(&err);
-                    return Err(err.context(ContactError::Unreachable {
-                        host_kind: Host::Api,
-                        host: contact::host_of(self.base_url()),
-                        url: self.base_url().trim_end_matches('/').to_owned(),
-                        waited_s: backoff.elapsed().as_secs_f64().round() as u64,
-                        certificate,
-                    }));
-                }
-                return Err(err);
-            };
-            log_retry(&call.method, &path, &err, backoff.attempts(), delay);
-            tokio::time::sleep(delay).await;
-            // The wait may have outlived the token.
-            token = self.inner.tokens.token().await?;
-        }
+        let label = format!("{} {path}", call.method);
+        let mut request = ApiRequest {
+            client: self,
+            call: &call,
+            url: &url,
+            path: &path,
+            token: None,
+            refreshed: false,
+        };
+        let result = Retry::new(policy, label).run(&mut request).await;
+        let url = self.base_url().trim_end_matches('/');
+        result.map_err(|err| contact.unreachable(Host::Api, url, err))
     }
 
     async fn attempt(
@@ -1010,6 +859,233 @@ impl Client {
     }
 }
 
+/// One FirecREST call, as the retry loop sees it.
+struct ApiRequest<'a> {
+    client: &'a Client,
+    call: &'a Call<'a>,
+    url: &'a Url,
+    path: &'a str,
+    /// The token for the next attempt when it was just replaced after a 401.
+    token: Option<Secret>,
+    refreshed: bool,
+}
+
+impl Attempt for ApiRequest<'_> {
+    type Output = Reply;
+
+    async fn attempt(&mut self) -> Result<Reply, Failure> {
+        let (client, call, path) = (self.client, self.call, self.path);
+        let tokens = &client.inner.tokens;
+        let contact = &client.inner.contact;
+        // A fresh token each time: the last wait may have outlived it.
+        let token = match self.token.take() {
+            Some(token) => token,
+            None => tokens.token().await.map_err(Failure::Fatal)?,
+        };
+        let err = match client.attempt(call, self.url, path, &token).await {
+            Ok(reply) => return Ok(reply),
+            Err(err) => err,
+        };
+        let api = ApiError::find(&err);
+        if api.is_some_and(|e| e.status == 401) {
+            let message = api.map(|e| e.message.clone()).unwrap_or_default();
+            if !tokens.can_refresh() {
+                return Err(Failure::Fatal(
+                    anyhow::Error::new(AuthError::StaticTokenRejected { message })
+                        .context(format!("{} {path}", call.method)),
+                ));
+            }
+            if self.refreshed {
+                return Err(Failure::Fatal(
+                    err.context("FirecREST rejected a freshly obtained access token"),
+                ));
+            }
+            self.refreshed = true;
+            tracing::debug!(method = %call.method, path = %path, %message,
+                "FirecREST rejected the token; refreshing it once");
+            let fresh = tokens
+                .refresh_after_rejection(&token)
+                .await
+                .map_err(Failure::Fatal)?;
+            self.token = Some(fresh);
+            return Err(Failure::Again);
+        }
+        if !contact.answered(Host::Api) && contact::is_unknown_host(&err) {
+            return Err(Failure::Fatal(err.context(ContactError::UnknownHost {
+                host_kind: Host::Api,
+                host: contact::host_of(client.base_url()),
+            })));
+        }
+        if api.is_some_and(call.is_final)
+            || (call.resend == Resend::OnlyIfUnsent && !retry::is_unsent(&err))
+        {
+            return Err(Failure::Fatal(err));
+        }
+        Err(Failure::Judge(err))
+    }
+}
+
+/// A job submit, as the retry loop sees it: an ambiguous failure is looked
+/// up in the job list before the job is sent again.
+struct SubmitAttempt<'a> {
+    client: &'a Client,
+    job: &'a JobDescription,
+    /// Set after the first attempt: the job may exist already.
+    resubmit: bool,
+}
+
+impl Attempt for SubmitAttempt<'_> {
+    type Output = String;
+
+    async fn attempt(&mut self) -> Result<String, Failure> {
+        let client = self.client;
+        if self.resubmit {
+            // The wait also gave the scheduler time to list the job; a new
+            // job can take a few seconds to show up, so look again before
+            // concluding it does not exist.
+            let spacing = client.inner.retry.max_delay.min(Duration::from_secs(3));
+            for lookup in 0..LOST_SUBMIT_LOOKUPS {
+                if lookup > 0 {
+                    tokio::time::sleep(spacing).await;
+                }
+                let found = client
+                    .find_job_by_name(&self.job.name)
+                    .await
+                    .map_err(Failure::Fatal)?;
+                if let Some(found) = found {
+                    tracing::debug!(job_id = %found, "the job was created despite the failed reply");
+                    return Ok(found);
+                }
+            }
+        }
+        self.resubmit = true;
+        let err = match client.post_job(self.job).await {
+            Ok(id) => return Ok(id),
+            Err(err) => err,
+        };
+        // Unsent failures were already retried by `send` until its budget
+        // ran out; only an ambiguous failure is looked into here: a lost
+        // reply, or a success reply that cannot be read (the job exists, but
+        // its id is unknown).
+        if err.chain().any(|c| c.is::<UnreadableSubmitReply>()) {
+            return Err(Failure::Retry(err));
+        }
+        if retry::is_unsent(&err) {
+            return Err(Failure::Fatal(err));
+        }
+        Err(Failure::Judge(err))
+    }
+}
+
+/// One presigned S3 request; the successful response has its body unread.
+struct S3Request<'a, F> {
+    client: &'a Client,
+    method: &'a Method,
+    url: &'a str,
+    parsed: Url,
+    shown: &'a str,
+    range: Option<String>,
+    build: F,
+}
+
+impl<F> Attempt for S3Request<'_, F>
+where
+    F: Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder + Send + Sync,
+{
+    type Output = reqwest::Response;
+
+    async fn attempt(&mut self) -> Result<reqwest::Response, Failure> {
+        let (method, shown) = (self.method, self.shown);
+        let mut req = self
+            .client
+            .inner
+            .http
+            .request(method.clone(), self.parsed.clone());
+        if let Some(range) = &self.range {
+            req = req.header(RANGE, range);
+        }
+        // The body of a GET is streamed by the caller: no total timeout (the
+        // client's read timeout catches a stall).
+        if *method != Method::GET {
+            req = req.timeout(self.client.inner.request_timeout);
+        }
+        match (self.build)(req).send().await {
+            Ok(resp) if resp.status().is_success() => Ok(resp),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = retry_after_header(resp.headers());
+                let body = resp.bytes().await.unwrap_or_default();
+                let err = s3_error(method, self.url, status, &body, retry_after);
+                Err(Failure::Judge(err.into()))
+            }
+            Err(e) => Err(Failure::Judge(
+                anyhow::Error::new(e.without_url())
+                    .context(format!("{method} {shown}: request failed")),
+            )),
+        }
+    }
+}
+
+/// A presigned S3 GET into a writer; a broken stream resumes where it stopped.
+struct S3Download<'a, W> {
+    client: &'a Client,
+    url: &'a str,
+    shown: String,
+    start: u64,
+    written: u64,
+    writer: &'a mut W,
+}
+
+impl<W: AsyncWrite + Unpin + Send> Attempt for S3Download<'_, W> {
+    type Output = u64;
+
+    async fn attempt(&mut self) -> Result<u64, Failure> {
+        let shown = &self.shown;
+        let from = self.start + self.written;
+        let range = (from > 0).then(|| format!("bytes={from}-"));
+        // `s3` already retried the request itself.
+        let reply = self
+            .client
+            .s3(Method::GET, self.url, range, |req| req)
+            .await
+            .map_err(Failure::Fatal)?;
+        if from > 0 && reply.status() != StatusCode::PARTIAL_CONTENT {
+            return Err(Failure::Fatal(anyhow::anyhow!(
+                "GET {shown}: S3 ignored the Range request"
+            )));
+        }
+        let mut stream = reply.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    // Only a broken stream resumes here.
+                    let broken = err.is_body() || err.is_timeout();
+                    let err = anyhow::Error::new(err.without_url())
+                        .context(format!("GET {shown}: reading the object failed"));
+                    return Err(if broken {
+                        Failure::Judge(err)
+                    } else {
+                        Failure::Fatal(err)
+                    });
+                }
+            };
+            self.writer
+                .write_all(&chunk)
+                .await
+                .context("failed to write a downloaded object")
+                .map_err(Failure::Fatal)?;
+            self.written += chunk.len() as u64;
+        }
+        self.writer
+            .flush()
+            .await
+            .context("failed to flush a downloaded object")
+            .map_err(Failure::Fatal)?;
+        Ok(self.written)
+    }
+}
+
 impl Client {
     /// Judges the first reply from FirecREST's host: a web page, or a 404
     /// without FirecREST's error body on a path every FirecREST v2 has, means
@@ -1065,19 +1141,6 @@ async fn multipart_form(
 
 fn is_already_completed(err: &ApiError) -> bool {
     err.status == 500 && err.message.contains("already completing or completed")
-}
-
-fn log_retry(method: &Method, path: &str, err: &anyhow::Error, attempt: u32, delay: Duration) {
-    let status = ApiError::find(err).map(|e| e.status);
-    tracing::debug!(
-        method = %method,
-        path = %path,
-        status = ?status,
-        attempt,
-        delay_ms = delay.as_millis() as u64,
-        error = %format!("{err:#}"),
-        "retrying request"
-    );
 }
 
 /// An `ApiError` from a FirecREST error reply.
