@@ -17,10 +17,10 @@ use super::{
     Backend, CheckRow, GrowingArchive, JobId, JobSpec, JobStatus, OutputChunk, Packed,
     StagedWorkspace, SubmitRejected,
 };
-use crate::config::{Credentials, FirecrestSettings, PollSettings};
+use crate::config::{FirecrestSettings, PollSettings};
 use crate::firecrest::models::{JobDescription, TransferJob};
 use crate::firecrest::retry::{Rejection, RetryPolicy};
-use crate::firecrest::{ApiError, AuthSource, Client, ClientSettings, TokenObserver, UploadSource};
+use crate::firecrest::{ApiError, Client, ClientSettings, TokenObserver, UploadSource};
 use crate::progress::Progress;
 use crate::transfer::{self, RestWay, TailReading, TransferThreshold};
 
@@ -146,22 +146,10 @@ impl FirecrestBackend {
         transfer_threshold: TransferThreshold,
         token_observer: TokenObserver,
     ) -> Result<Self> {
-        let auth = match &settings.credentials {
-            Credentials::ClientCredentials {
-                token_url,
-                client_id,
-                client_secret,
-            } => AuthSource::ClientCredentials {
-                token_url: token_url.clone(),
-                client_id: client_id.clone(),
-                client_secret: client_secret.clone(),
-            },
-            Credentials::AccessToken(token) => AuthSource::AccessToken(token.clone()),
-        };
         let client = Client::new(ClientSettings {
             base_url: settings.url.clone(),
             system: settings.system.clone(),
-            auth,
+            auth: settings.credentials.clone(),
             request_timeout: poll.request_timeout,
             retry: RetryPolicy::default(),
         })?;
@@ -1435,6 +1423,7 @@ impl Backend for FirecrestBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Credentials;
     use crate::secret::Secret;
     use std::time::Duration;
     use wiremock::matchers::{method, path};
@@ -1483,7 +1472,7 @@ mod tests {
         let client = Client::new(ClientSettings {
             base_url: server.uri(),
             system: "daint".into(),
-            auth: AuthSource::AccessToken(Secret::new("token")),
+            auth: Credentials::AccessToken(Secret::new("token")),
             request_timeout: Duration::from_secs(5),
             retry: RetryPolicy {
                 base_delay: Duration::from_millis(10),
@@ -1618,6 +1607,7 @@ mod tests {
 #[cfg(test)]
 mod piece_tests {
     use super::*;
+    use crate::config::Credentials;
     use crate::secret::Secret;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
@@ -1711,7 +1701,7 @@ mod piece_tests {
         let client = Client::new(ClientSettings {
             base_url: server.uri(),
             system: "daint".into(),
-            auth: AuthSource::AccessToken(Secret::new("token")),
+            auth: Credentials::AccessToken(Secret::new("token")),
             request_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
         })

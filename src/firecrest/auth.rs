@@ -14,7 +14,8 @@ use tokio::sync::Mutex;
 use super::contact::{self, Contact, ContactError, Host};
 use super::models::{TokenErrorBody, TokenResponse};
 use super::retry::{self, Attempt, Failure, Retry, RetryPolicy};
-use super::{ApiError, AuthSource};
+use super::ApiError;
+use crate::config::Credentials;
 use crate::secret::Secret;
 
 /// Called with every token obtained, so the caller can mask it in CI logs.
@@ -23,7 +24,8 @@ pub type TokenObserver = Arc<dyn Fn(&str) + Send + Sync>;
 /// Lifetime assumed when the provider does not say (CSCS hands out 300 s).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
-/// Authentication failures a user must fix; `main` maps them to a config error.
+/// Credentials a user must fix: found anywhere in an error's chain (as the
+/// error or as a context), they make the exit code 77.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error(
@@ -41,6 +43,24 @@ pub enum AuthError {
          FIRECREST_CLIENT_ID and FIRECREST_CLIENT_SECRET instead"
     )]
     StaticTokenRejected { message: String },
+    /// Attached as context to FirecREST's 401 for a token just obtained.
+    #[error("FirecREST rejected a freshly obtained access token")]
+    FreshTokenRejected,
+    /// Attached as context to FirecREST's 400 for a valid token it cannot
+    /// use (no `preferred_username` claim): the identity provider's client
+    /// is set up wrong, which no retry or refresh fixes.
+    #[error("FirecREST cannot use the access token")]
+    TokenUnusable,
+}
+
+impl AuthError {
+    /// The credentials problem a FirecREST error reply reports, if any (a
+    /// 401 is handled by the request loop, which refreshes the token once).
+    /// The server gives no code for it, so its message is read, here only.
+    pub fn from_reply(api: &ApiError) -> Option<AuthError> {
+        let about_token = api.message.to_ascii_lowercase().contains("token");
+        (api.status == 400 && about_token).then_some(AuthError::TokenUnusable)
+    }
 }
 
 /// How the client id and secret travel to the token endpoint.
@@ -78,9 +98,9 @@ struct State {
     static_observed: bool,
 }
 
-/// Hands out valid tokens for one [`AuthSource`].
+/// Hands out valid tokens for one [`Credentials`].
 pub(crate) struct TokenSource {
-    source: AuthSource,
+    source: Credentials,
     http: reqwest::Client,
     timeout: Duration,
     retry: RetryPolicy,
@@ -92,7 +112,7 @@ pub(crate) struct TokenSource {
 
 impl TokenSource {
     pub(crate) fn new(
-        source: AuthSource,
+        source: Credentials,
         http: reqwest::Client,
         timeout: Duration,
         retry: RetryPolicy,
@@ -124,21 +144,21 @@ impl TokenSource {
 
     /// False for a static token: a 401 is then final.
     pub(crate) fn can_refresh(&self) -> bool {
-        matches!(self.source, AuthSource::ClientCredentials { .. })
+        matches!(self.source, Credentials::ClientCredentials { .. })
     }
 
     /// A token with enough life left for the next request.
     pub(crate) async fn token(&self) -> Result<Secret> {
         let mut state = self.state.lock().await;
         match &self.source {
-            AuthSource::AccessToken(token) => {
+            Credentials::AccessToken(token) => {
                 if !state.static_observed {
                     state.static_observed = true;
                     self.observe(token);
                 }
                 Ok(token.clone())
             }
-            AuthSource::ClientCredentials { .. } => {
+            Credentials::ClientCredentials { .. } => {
                 if let Some(cached) = state.cached.as_ref().filter(|c| c.is_fresh()) {
                     return Ok(cached.token.clone());
                 }
@@ -167,7 +187,7 @@ impl TokenSource {
     }
 
     async fn refresh(&self, state: &mut State) -> Result<Secret> {
-        let AuthSource::ClientCredentials {
+        let Credentials::ClientCredentials {
             token_url,
             client_id,
             client_secret,
@@ -415,6 +435,27 @@ enum Grant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_400_about_the_token_is_a_credentials_problem() {
+        let reply = |status: u16, message: &str| ApiError {
+            status,
+            method: "GET".into(),
+            path: "/status/daint/userinfo".into(),
+            message: message.into(),
+            error_type: Some("error".into()),
+            retry_after: None,
+            request_id: None,
+        };
+        // From the recorded auth_errors.json.
+        let claim = "Authentication token 'preferred_username' claim is missing";
+        assert!(matches!(
+            AuthError::from_reply(&reply(400, claim)),
+            Some(AuthError::TokenUnusable)
+        ));
+        assert!(AuthError::from_reply(&reply(400, "Invalid path")).is_none());
+        assert!(AuthError::from_reply(&reply(500, claim)).is_none());
+    }
 
     #[test]
     fn margin_is_a_minute_for_five_minute_tokens() {

@@ -33,6 +33,7 @@ use models::*;
 pub use retry::RetryPolicy;
 use retry::{Attempt, Failure, Retry};
 
+use crate::config::Credentials;
 use crate::secret::Secret;
 
 /// How often the job list is searched for a job whose submit reply was lost
@@ -46,23 +47,11 @@ pub struct ClientSettings {
     pub base_url: String,
     /// Cluster name as FirecREST knows it, e.g. `daint`.
     pub system: String,
-    pub auth: AuthSource,
+    /// Where access tokens come from: the configuration's own type.
+    pub auth: Credentials,
     /// Bound on each single request (connection, upload and reply).
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
-}
-
-/// Where access tokens come from.
-#[derive(Debug, Clone)]
-pub enum AuthSource {
-    /// OAuth2 client-credentials grant; tokens are refreshed as needed.
-    ClientCredentials {
-        token_url: String,
-        client_id: String,
-        client_secret: Secret,
-    },
-    /// A token obtained elsewhere; a 401 is then final.
-    AccessToken(Secret),
 }
 
 /// A failed request, as the server explained it. Callers downcast to branch
@@ -293,7 +282,7 @@ impl Client {
             "invalid FirecREST URL {:?}: expected http(s)://host/path",
             settings.base_url
         );
-        if let AuthSource::ClientCredentials { token_url, .. } = &settings.auth {
+        if let Credentials::ClientCredentials { token_url, .. } = &settings.auth {
             Url::parse(token_url).with_context(|| format!("invalid token URL {token_url:?}"))?;
         }
         let http = http_client(settings.request_timeout)?;
@@ -896,9 +885,7 @@ impl Attempt for ApiRequest<'_> {
                 ));
             }
             if self.refreshed {
-                return Err(Failure::Fatal(
-                    err.context("FirecREST rejected a freshly obtained access token"),
-                ));
+                return Err(Failure::Fatal(err.context(AuthError::FreshTokenRejected)));
             }
             self.refreshed = true;
             tracing::debug!(method = %call.method, path = %path, %message,
@@ -909,6 +896,9 @@ impl Attempt for ApiRequest<'_> {
                 .map_err(Failure::Fatal)?;
             self.token = Some(fresh);
             return Err(Failure::Again);
+        }
+        if let Some(refused) = api.and_then(AuthError::from_reply) {
+            return Err(Failure::Fatal(err.context(refused)));
         }
         if !contact.answered(Host::Api) && contact::is_unknown_host(&err) {
             return Err(Failure::Fatal(err.context(ContactError::UnknownHost {
