@@ -453,6 +453,11 @@ pub fn exit_code_for_error(err: &anyhow::Error) -> i32 {
     if let Some(contact) = err.downcast_ref::<crate::firecrest::contact::ContactError>() {
         return contact.exit_code();
     }
+    // Credentials FirecREST or the identity provider refused, attached as
+    // context or as the error itself.
+    if err.downcast_ref::<AuthError>().is_some() {
+        return codes::NOPERM;
+    }
     for cause in err.chain() {
         if let Some(coded) = cause.downcast_ref::<CodedError>() {
             return coded.code;
@@ -475,11 +480,9 @@ pub fn exit_code_for_error(err: &anyhow::Error) -> i32 {
             return codes::NOPERM;
         }
         if let Some(api) = cause.downcast_ref::<ApiError>() {
-            // FirecREST answers 400 for a valid token it cannot use (no
-            // `preferred_username` claim): a credentials problem too.
-            let token_refused =
-                api.status == 400 && api.message.to_ascii_lowercase().contains("token");
-            if api.is_auth() || api.status == 403 || token_refused {
+            // A 400 for a token FirecREST cannot use comes with
+            // `AuthError::TokenUnusable` (found above).
+            if api.is_auth() {
                 return codes::NOPERM;
             }
             if api.is_transient() || api.is_server_error() {
@@ -504,8 +507,9 @@ pub fn exit_code_for_error(err: &anyhow::Error) -> i32 {
 mod tests {
     use super::*;
 
+    /// The error the client returns for a FirecREST error reply.
     fn api_error(status: u16, message: &str) -> anyhow::Error {
-        anyhow::Error::new(crate::firecrest::ApiError {
+        let api = crate::firecrest::ApiError {
             status,
             method: "GET".into(),
             path: "/status/daint/userinfo".into(),
@@ -513,7 +517,13 @@ mod tests {
             error_type: Some("error".into()),
             retry_after: None,
             request_id: None,
-        })
+        };
+        let refused = crate::firecrest::AuthError::from_reply(&api);
+        let err = anyhow::Error::new(api);
+        match refused {
+            Some(refused) => err.context(refused),
+            None => err,
+        }
         .context("failed to read the user's name")
     }
 

@@ -13,8 +13,9 @@ use tokio::sync::Mutex;
 
 use super::contact::{self, Contact, ContactError, Host};
 use super::models::{TokenErrorBody, TokenResponse};
-use super::retry::{self, Backoff, RetryPolicy};
-use super::{ApiError, AuthSource};
+use super::retry::{self, Attempt, Failure, Retry, RetryPolicy};
+use super::ApiError;
+use crate::config::Credentials;
 use crate::secret::Secret;
 
 /// Called with every token obtained, so the caller can mask it in CI logs.
@@ -23,7 +24,8 @@ pub type TokenObserver = Arc<dyn Fn(&str) + Send + Sync>;
 /// Lifetime assumed when the provider does not say (CSCS hands out 300 s).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
-/// Authentication failures a user must fix; `main` maps them to a config error.
+/// Credentials a user must fix: found anywhere in an error's chain (as the
+/// error or as a context), they make the exit code 77.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error(
@@ -41,6 +43,24 @@ pub enum AuthError {
          FIRECREST_CLIENT_ID and FIRECREST_CLIENT_SECRET instead"
     )]
     StaticTokenRejected { message: String },
+    /// Attached as context to FirecREST's 401 for a token just obtained.
+    #[error("FirecREST rejected a freshly obtained access token")]
+    FreshTokenRejected,
+    /// Attached as context to FirecREST's 400 for a valid token it cannot
+    /// use (no `preferred_username` claim): the identity provider's client
+    /// is set up wrong, which no retry or refresh fixes.
+    #[error("FirecREST cannot use the access token")]
+    TokenUnusable,
+}
+
+impl AuthError {
+    /// The credentials problem a FirecREST error reply reports, if any (a
+    /// 401 is handled by the request loop, which refreshes the token once).
+    /// The server gives no code for it, so its message is read, here only.
+    pub fn from_reply(api: &ApiError) -> Option<AuthError> {
+        let about_token = api.message.to_ascii_lowercase().contains("token");
+        (api.status == 400 && about_token).then_some(AuthError::TokenUnusable)
+    }
 }
 
 /// How the client id and secret travel to the token endpoint.
@@ -78,9 +98,9 @@ struct State {
     static_observed: bool,
 }
 
-/// Hands out valid tokens for one [`AuthSource`].
+/// Hands out valid tokens for one [`Credentials`].
 pub(crate) struct TokenSource {
-    source: AuthSource,
+    source: Credentials,
     http: reqwest::Client,
     timeout: Duration,
     retry: RetryPolicy,
@@ -92,7 +112,7 @@ pub(crate) struct TokenSource {
 
 impl TokenSource {
     pub(crate) fn new(
-        source: AuthSource,
+        source: Credentials,
         http: reqwest::Client,
         timeout: Duration,
         retry: RetryPolicy,
@@ -124,21 +144,21 @@ impl TokenSource {
 
     /// False for a static token: a 401 is then final.
     pub(crate) fn can_refresh(&self) -> bool {
-        matches!(self.source, AuthSource::ClientCredentials { .. })
+        matches!(self.source, Credentials::ClientCredentials { .. })
     }
 
     /// A token with enough life left for the next request.
     pub(crate) async fn token(&self) -> Result<Secret> {
         let mut state = self.state.lock().await;
         match &self.source {
-            AuthSource::AccessToken(token) => {
+            Credentials::AccessToken(token) => {
                 if !state.static_observed {
                     state.static_observed = true;
                     self.observe(token);
                 }
                 Ok(token.clone())
             }
-            AuthSource::ClientCredentials { .. } => {
+            Credentials::ClientCredentials { .. } => {
                 if let Some(cached) = state.cached.as_ref().filter(|c| c.is_fresh()) {
                     return Ok(cached.token.clone());
                 }
@@ -167,7 +187,7 @@ impl TokenSource {
     }
 
     async fn refresh(&self, state: &mut State) -> Result<Secret> {
-        let AuthSource::ClientCredentials {
+        let Credentials::ClientCredentials {
             token_url,
             client_id,
             client_secret,
@@ -203,53 +223,20 @@ impl TokenSource {
         client_id: &str,
         client_secret: &Secret,
     ) -> Result<TokenResponse> {
-        let mut backoff = Backoff::new(self.contact.policy(Host::Token, self.retry));
-        loop {
-            let err = match self.grant(state, token_url, client_id, client_secret).await {
-                Ok(reply) => return Ok(reply),
-                Err(err) => err,
-            };
-            let first_contact = !self.contact.answered(Host::Token);
-            if first_contact && contact::is_unknown_host(&err) {
-                return Err(err.context(ContactError::UnknownHost {
-                    host_kind: Host::Token,
-                    host: contact::host_of(token_url),
-                }));
-            }
-            if !retry::is_transient(&err) {
-                return Err(err);
-            }
-            let retry_after = err
-                .chain()
-                .find_map(|c| c.downcast_ref::<ApiError>())
-                .and_then(|api| api.retry_after);
-            let Some(delay) = backoff.next_delay(retry_after) else {
-                let err = err.context(format!(
-                    "giving up after {} attempts in {:.1?}",
-                    backoff.attempts(),
-                    backoff.elapsed()
-                ));
-                if first_contact {
-                    let certificate = contact::is_certificate_error(&err);
-                    return Err(err.context(ContactError::Unreachable {
-                        host_kind: Host::Token,
-                        host: contact::host_of(token_url),
-                        url: super::url_without_query(token_url),
-                        waited_s: backoff.elapsed().as_secs_f64().round() as u64,
-                        certificate,
-                    }));
-                }
-                return Err(err);
-            };
-            tracing::debug!(
-                url = %token_url,
-                attempt = backoff.attempts(),
-                delay_ms = delay.as_millis() as u64,
-                error = %format!("{err:#}"),
-                "retrying the token request"
-            );
-            tokio::time::sleep(delay).await;
-        }
+        let shown_url = super::url_without_query(token_url);
+        let policy = self.contact.policy(Host::Token, self.retry);
+        let mut grant = GrantAttempt {
+            source: self,
+            state,
+            token_url,
+            client_id,
+            client_secret,
+        };
+        Retry::new(policy, format!("POST {shown_url}"))
+            .note("retrying the token request")
+            .run(&mut grant)
+            .await
+            .map_err(|err| self.contact.unreachable(Host::Token, &shown_url, err))
     }
 
     /// Tries the remembered style, or form first and then Basic.
@@ -404,6 +391,42 @@ impl TokenSource {
     }
 }
 
+/// The token request, as the retry loop sees it.
+struct GrantAttempt<'a> {
+    source: &'a TokenSource,
+    state: &'a mut State,
+    token_url: &'a str,
+    client_id: &'a str,
+    client_secret: &'a Secret,
+}
+
+impl Attempt for GrantAttempt<'_> {
+    type Output = TokenResponse;
+
+    async fn attempt(&mut self) -> Result<TokenResponse, Failure> {
+        let source = self.source;
+        let err = match source
+            .grant(
+                self.state,
+                self.token_url,
+                self.client_id,
+                self.client_secret,
+            )
+            .await
+        {
+            Ok(reply) => return Ok(reply),
+            Err(err) => err,
+        };
+        if !source.contact.answered(Host::Token) && contact::is_unknown_host(&err) {
+            return Err(Failure::Fatal(err.context(ContactError::UnknownHost {
+                host_kind: Host::Token,
+                host: contact::host_of(self.token_url),
+            })));
+        }
+        Err(Failure::Judge(err))
+    }
+}
+
 enum Grant {
     Token(TokenResponse),
     Rejected { status: u16, detail: String },
@@ -412,6 +435,27 @@ enum Grant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_400_about_the_token_is_a_credentials_problem() {
+        let reply = |status: u16, message: &str| ApiError {
+            status,
+            method: "GET".into(),
+            path: "/status/daint/userinfo".into(),
+            message: message.into(),
+            error_type: Some("error".into()),
+            retry_after: None,
+            request_id: None,
+        };
+        // From the recorded auth_errors.json.
+        let claim = "Authentication token 'preferred_username' claim is missing";
+        assert!(matches!(
+            AuthError::from_reply(&reply(400, claim)),
+            Some(AuthError::TokenUnusable)
+        ));
+        assert!(AuthError::from_reply(&reply(400, "Invalid path")).is_none());
+        assert!(AuthError::from_reply(&reply(500, claim)).is_none());
+    }
 
     #[test]
     fn margin_is_a_minute_for_five_minute_tokens() {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::retry::RetryPolicy;
+use super::retry::{GaveUp, RetryPolicy};
 use crate::outcome::codes;
 
 /// Retries before a host has answered once: about 12 s in all, enough for a
@@ -105,6 +105,27 @@ impl Contact {
             base_delay: usual.base_delay.min(FIRST_CONTACT.base_delay),
             max_delay: usual.max_delay.min(FIRST_CONTACT.max_delay),
         }
+    }
+
+    /// `err` as returned by the retry loop, with [`ContactError::Unreachable`]
+    /// added when the loop gave up before `host` ever answered (another
+    /// request may have reached it meanwhile, so this is asked at the end).
+    pub fn unreachable(&self, host: Host, url: &str, err: anyhow::Error) -> anyhow::Error {
+        let Some(gave_up) = err.downcast_ref::<GaveUp>() else {
+            return err;
+        };
+        if self.answered(host) {
+            return err;
+        }
+        let waited_s = gave_up.elapsed.as_secs_f64().round() as u64;
+        let certificate = is_certificate_error(&err);
+        err.context(ContactError::Unreachable {
+            host_kind: host,
+            host: host_of(url),
+            url: url.to_owned(),
+            waited_s,
+            certificate,
+        })
     }
 
     /// The timeout of one attempt to `host`: `usual` once it answered.

@@ -7,13 +7,23 @@
 //! the partition (the same answer every time). [`sbatch_rejection`] reads
 //! the server's message for the second kind, here and nowhere else.
 //!
+//! [`Retry::run`] is the one retry loop: every request (FirecREST calls, the
+//! token grant, presigned S3 requests, a submit whose reply was lost, a
+//! broken S3 download) goes through it. The caller says what one attempt
+//! does and, through [`Failure`], what it knows about a failure; the loop
+//! decides the rest, waits, logs each retry at debug level, and names the
+//! request and the attempts when it gives up ([`GaveUp`]).
+//!
 //! Hand-rolled rather than `backon`: `backon`'s jitter is additive (not full
 //! jitter), its total-delay bound counts only the sleeps (not the time spent
 //! waiting on requests that then time out), and a `Retry-After` set through
 //! its `adjust` hook bypasses that bound. The whole policy fits in a page here.
 
+use std::future::Future;
 use std::io;
 use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
 
 use rand::Rng;
 
@@ -278,6 +288,113 @@ impl Backoff {
     }
 }
 
+/// A failed attempt, with what the caller knows about it.
+#[derive(Debug)]
+pub enum Failure {
+    /// The loop decides with [`is_transient`].
+    Judge(anyhow::Error),
+    /// Worth another attempt after the usual wait, whatever
+    /// [`is_transient`] says (a submit whose reply could not be read).
+    Retry(anyhow::Error),
+    /// An answer, not a failure: returned as it is.
+    Fatal(anyhow::Error),
+    /// Try again at once, without counting an attempt (the token was
+    /// replaced after a 401).
+    Again,
+}
+
+impl From<anyhow::Error> for Failure {
+    /// `?` in an attempt: the loop decides.
+    fn from(err: anyhow::Error) -> Self {
+        Failure::Judge(err)
+    }
+}
+
+/// The context the loop adds when it stops retrying: what was tried, how
+/// often and for how long. Typed, so a caller that knows the host never
+/// answered can say so ([`super::contact::Contact::unreachable`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("giving up on {label} after {attempts} attempts in {elapsed:.1?}")]
+pub struct GaveUp {
+    /// Method and path (or URL without query) of the request.
+    pub label: String,
+    /// Attempts made, the first one included.
+    pub attempts: u32,
+    /// Time from the first attempt to giving up.
+    pub elapsed: Duration,
+}
+
+/// What one attempt of a retried operation does. An operation is a small
+/// type holding what its attempts share (a token, the bytes written so far),
+/// so the loop in [`Retry::run`] stays the only loop.
+pub trait Attempt: Send {
+    /// What a successful attempt gives.
+    type Output;
+    /// Tries once; says on failure what the caller knows about it.
+    fn attempt(&mut self) -> impl Future<Output = Result<Self::Output, Failure>> + Send;
+}
+
+/// One retried operation: its policy and how it is named in logs and errors.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    policy: RetryPolicy,
+    label: String,
+    note: &'static str,
+}
+
+impl Retry {
+    /// `label` names the request (`GET /status/systems`), never a secret.
+    pub fn new(policy: RetryPolicy, label: impl Into<String>) -> Self {
+        Self {
+            policy,
+            label: label.into(),
+            note: "retrying request",
+        }
+    }
+
+    /// What the debug line of each retry says (default "retrying request").
+    pub fn note(mut self, note: &'static str) -> Self {
+        self.note = note;
+        self
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the policy is used
+    /// up (then the error carries [`GaveUp`] as context). The wait before a
+    /// retry is the server's `Retry-After` when it sent one.
+    pub async fn run<A: Attempt>(self, op: &mut A) -> Result<A::Output> {
+        let mut backoff = Backoff::new(self.policy);
+        loop {
+            let err = match op.attempt().await {
+                Ok(value) => return Ok(value),
+                Err(Failure::Again) => continue,
+                Err(Failure::Fatal(err)) => return Err(err),
+                Err(Failure::Retry(err)) => err,
+                Err(Failure::Judge(err)) if is_transient(&err) => err,
+                Err(Failure::Judge(err)) => return Err(err),
+            };
+            let api = err.chain().find_map(|c| c.downcast_ref::<ApiError>());
+            let status = api.map(|e| e.status);
+            let Some(delay) = backoff.next_delay(api.and_then(|e| e.retry_after)) else {
+                return Err(err.context(GaveUp {
+                    label: self.label,
+                    attempts: backoff.attempts(),
+                    elapsed: backoff.elapsed(),
+                }));
+            };
+            tracing::debug!(
+                request = %self.label,
+                status = ?status,
+                attempt = backoff.attempts(),
+                delay_ms = delay.as_millis() as u64,
+                error = %format!("{err:#}"),
+                "{}",
+                self.note
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,5 +582,68 @@ mod tests {
             Some(Duration::from_secs(2))
         );
         assert_eq!(backoff.next_delay(Some(Duration::from_secs(6))), None);
+    }
+    /// Fails with the next of `script`, then succeeds; counts its calls.
+    struct Scripted {
+        script: Vec<Failure>,
+        calls: u32,
+    }
+
+    impl Attempt for Scripted {
+        type Output = u32;
+
+        async fn attempt(&mut self) -> Result<u32, Failure> {
+            self.calls += 1;
+            match self.script.pop() {
+                Some(failure) => Err(failure),
+                None => Ok(self.calls),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_follows_the_callers_verdict() {
+        let policy = RetryPolicy {
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(10),
+            max_retries: 2,
+            budget: Duration::from_secs(60),
+        };
+        let retry = || Retry::new(policy, "GET /x");
+        // A transient failure and a token refresh, then success; the
+        // refresh does not count against the two retries.
+        let mut op = Scripted {
+            script: vec![
+                Failure::Again,
+                Failure::Judge(api_error(503)),
+                Failure::Again,
+            ],
+            calls: 0,
+        };
+        assert_eq!(retry().run(&mut op).await.unwrap(), 4);
+        // Not transient, or declared final: returned at once.
+        for failure in [
+            Failure::Judge(api_error(404)),
+            Failure::Fatal(api_error(503)),
+        ] {
+            let mut op = Scripted {
+                script: vec![failure],
+                calls: 0,
+            };
+            let err = retry().run(&mut op).await.unwrap_err();
+            assert!(err.downcast_ref::<GaveUp>().is_none(), "{err:#}");
+            assert_eq!(op.calls, 1);
+        }
+        // Retried whatever the classifier says, until the count runs out.
+        let mut op = Scripted {
+            script: (0..3)
+                .map(|_| Failure::Retry(anyhow::anyhow!("odd reply")))
+                .collect(),
+            calls: 0,
+        };
+        let err = retry().run(&mut op).await.unwrap_err();
+        let gave_up = err.downcast_ref::<GaveUp>().unwrap();
+        assert_eq!((gave_up.label.as_str(), gave_up.attempts), ("GET /x", 3));
+        assert!(format!("{err:#}").starts_with("giving up on GET /x after 3 attempts in "));
     }
 }

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firecrest_ci::backend::JobStatus;
+use firecrest_ci::config::Credentials;
 use firecrest_ci::firecrest::models::*;
 use firecrest_ci::firecrest::{
-    ApiError, AuthError, AuthSource, Client, ClientSettings, RetryPolicy, UploadSource,
+    ApiError, AuthError, Client, ClientSettings, RetryPolicy, UploadSource,
 };
 use firecrest_ci::secret::Secret;
 use serde_json::{json, Value};
@@ -97,7 +98,7 @@ fn fast_retry() -> RetryPolicy {
     }
 }
 
-fn settings(server: &MockServer, auth: AuthSource) -> ClientSettings {
+fn settings(server: &MockServer, auth: Credentials) -> ClientSettings {
     ClientSettings {
         base_url: server.uri(),
         system: "daint".into(),
@@ -110,13 +111,13 @@ fn settings(server: &MockServer, auth: AuthSource) -> ClientSettings {
 fn static_client(server: &MockServer) -> Client {
     Client::new(settings(
         server,
-        AuthSource::AccessToken(Secret::new("static-token")),
+        Credentials::AccessToken(Secret::new("static-token")),
     ))
     .unwrap()
 }
 
-fn credentials(server: &MockServer) -> AuthSource {
-    AuthSource::ClientCredentials {
+fn credentials(server: &MockServer) -> Credentials {
+    Credentials::ClientCredentials {
         token_url: format!("{}{TOKEN_PATH}", server.uri()),
         client_id: CLIENT_ID.into(),
         client_secret: Secret::new(CLIENT_SECRET),
@@ -609,7 +610,7 @@ async fn unknown_system_is_a_not_found_naming_the_request() {
         .expect(1)
         .mount(&server)
         .await;
-    let mut s = settings(&server, AuthSource::AccessToken(Secret::new("t")));
+    let mut s = settings(&server, Credentials::AccessToken(Secret::new("t")));
     s.system = "nosuchsystem".into();
     let err = Client::new(s).unwrap().userinfo().await.unwrap_err();
     // The server's words, then the request's id for the centre's support.
@@ -1001,6 +1002,32 @@ async fn a_rejected_static_token_is_explained() {
     server.verify().await;
 }
 
+/// The recorded 400 for a valid token without the `preferred_username`
+/// claim: typed as a credentials problem (exit 77), sent once.
+#[tokio::test]
+async fn a_token_firecrest_cannot_use_is_a_credentials_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/status/daint/userinfo"))
+        .respond_with(recorded_response(&exchange("auth_errors", 6)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = static_client(&server);
+    let err = client.userinfo().await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("'preferred_username' claim is missing"),
+        "{text}"
+    );
+    assert!(matches!(
+        err.downcast_ref::<AuthError>(),
+        Some(AuthError::TokenUnusable)
+    ));
+    assert_eq!(ApiError::find(&err).map(|e| e.status), Some(400));
+    server.verify().await;
+}
+
 // ---- retries ----------------------------------------------------------------
 
 #[tokio::test]
@@ -1059,7 +1086,7 @@ async fn a_reply_slower_than_the_timeout_is_retried() {
         .respond_with(replies.clone())
         .mount(&server)
         .await;
-    let mut s = settings(&server, AuthSource::AccessToken(Secret::new("t")));
+    let mut s = settings(&server, Credentials::AccessToken(Secret::new("t")));
     s.request_timeout = SHORT_TIMEOUT;
     let started = Instant::now();
     Client::new(s).unwrap().systems().await.unwrap();
@@ -1076,7 +1103,7 @@ async fn an_exhausted_budget_names_the_request() {
         .expect(4)
         .mount(&server)
         .await;
-    let mut s = settings(&server, AuthSource::AccessToken(Secret::new("t")));
+    let mut s = settings(&server, Credentials::AccessToken(Secret::new("t")));
     s.retry.max_retries = 3;
     let err = Client::new(s).unwrap().job("42").await.unwrap_err();
     let text = format!("{err:#}");
@@ -1099,7 +1126,7 @@ async fn an_unreachable_server_gives_up_within_the_budget() {
     let s = ClientSettings {
         base_url: format!("http://127.0.0.1:{port}/api/v2"),
         system: "daint".into(),
-        auth: AuthSource::AccessToken(Secret::new("t")),
+        auth: Credentials::AccessToken(Secret::new("t")),
         request_timeout: Duration::from_secs(1),
         retry: RetryPolicy {
             budget: Duration::from_millis(300),
@@ -1178,7 +1205,7 @@ async fn a_lost_submit_reply_is_resolved_by_name_not_by_resubmitting() {
         .expect(1)
         .mount(&server)
         .await;
-    let mut s = settings(&server, AuthSource::AccessToken(Secret::new("t")));
+    let mut s = settings(&server, Credentials::AccessToken(Secret::new("t")));
     s.request_timeout = SHORT_TIMEOUT;
     let id = Client::new(s)
         .unwrap()

@@ -19,10 +19,10 @@ use super::{
     Backend, CheckRow, GrowingArchive, JobId, JobSpec, JobStatus, OutputChunk, StagedWorkspace,
     SubmitRejected,
 };
-use crate::config::{Credentials, FirecrestSettings, PollSettings};
+use crate::config::{FirecrestSettings, PollSettings};
 use crate::firecrest::models::JobDescription;
 use crate::firecrest::retry::{Rejection, RetryPolicy};
-use crate::firecrest::{ApiError, AuthSource, Client, ClientSettings, TokenObserver, UploadSource};
+use crate::firecrest::{ApiError, Client, ClientSettings, TokenObserver, UploadSource};
 use crate::transfer::{self, TransferThreshold};
 
 mod check;
@@ -68,22 +68,10 @@ impl FirecrestBackend {
         transfer_threshold: TransferThreshold,
         token_observer: TokenObserver,
     ) -> Result<Self> {
-        let auth = match &settings.credentials {
-            Credentials::ClientCredentials {
-                token_url,
-                client_id,
-                client_secret,
-            } => AuthSource::ClientCredentials {
-                token_url: token_url.clone(),
-                client_id: client_id.clone(),
-                client_secret: client_secret.clone(),
-            },
-            Credentials::AccessToken(token) => AuthSource::AccessToken(token.clone()),
-        };
         let client = Client::new(ClientSettings {
             base_url: settings.url.clone(),
             system: settings.system.clone(),
-            auth,
+            auth: settings.credentials.clone(),
             request_timeout: poll.request_timeout,
             retry: RetryPolicy::default(),
         })?;
@@ -437,7 +425,7 @@ mod tests {
         let client = Client::new(ClientSettings {
             base_url: server.uri(),
             system: "daint".into(),
-            auth: AuthSource::AccessToken(Secret::new("token")),
+            auth: crate::config::Credentials::AccessToken(Secret::new("token")),
             request_timeout: Duration::from_secs(5),
             retry: RetryPolicy {
                 base_delay: Duration::from_millis(10),

@@ -457,8 +457,9 @@ mod tests {
 mod piece_tests {
     use super::super::FirecrestBackend;
     use crate::backend::Backend;
+    use crate::config::Credentials;
     use crate::firecrest::retry::RetryPolicy;
-    use crate::firecrest::{AuthSource, Client, ClientSettings};
+    use crate::firecrest::{Client, ClientSettings};
     use crate::secret::Secret;
     use crate::transfer::TransferThreshold;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -553,7 +554,7 @@ mod piece_tests {
         let client = Client::new(ClientSettings {
             base_url: server.uri(),
             system: "daint".into(),
-            auth: AuthSource::AccessToken(Secret::new("token")),
+            auth: Credentials::AccessToken(Secret::new("token")),
             request_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
         })
