@@ -17,7 +17,7 @@
 //!   keeps the interval reached for one more read, so sparse lines cost
 //!   about one read each;
 //! - the job state is read on a short schedule (0.3, 0.6, 1.2, ... s, at
-//!   most every [`PENDING_STATE_EVERY`]) until the job is seen running or its
+//!   most every [`schedule::PENDING_STATE_EVERY`]) until the job is seen running or its
 //!   output begins, which also shows the queue state and reason of a pending
 //!   job; then never on a timer while output shows the job running, only
 //!   when the batch script reports that the commands ended (at once, then
@@ -41,18 +41,15 @@ use crate::backend::{Backend, JobId, JobStatus};
 use crate::outcome::SlurmState;
 use crate::script::{COMMANDS_ENDED_MARKER, SCRIPT_END_MARKER};
 
+mod schedule;
+mod utf8;
+
+use schedule::{OutputPace, Phase, StateTracker};
+pub use utf8::Utf8Stream;
+
 /// How often to look for the script's last line while a stopped run waits
 /// for the epilogue.
 const STOP_READ_EVERY: Duration = Duration::from_millis(250);
-
-/// The first reads after submission, and after the output began, come after
-/// 0.3, 0.6, 1.2, ... s: a job usually starts within a second or two, and a
-/// short one ends soon after its prologue.
-const FIRST_READ_AFTER: Duration = Duration::from_millis(300);
-
-/// Before the job is seen running, its state is read at least this often:
-/// the queue state and reason of a pending job are worth showing.
-const PENDING_STATE_EVERY: Duration = Duration::from_secs(10);
 
 /// Once the commands ended, output is read this often until the script's
 /// last line: the epilogue is all that is left, and the run waits for it.
@@ -618,174 +615,6 @@ impl<'a> Watcher<'a> {
 type StateRead<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<JobStatus>>> + Send + 'a>>;
 
-/// What the output has said about the job so far; it decides when the job
-/// state is worth reading. Phases only move forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
-    /// Submitted: not seen running, no output yet.
-    Submitted,
-    /// Seen running, or its output began.
-    Running,
-    /// The batch script said that the commands ended.
-    CommandsEnded,
-    /// The batch script printed its last line.
-    ScriptEnded,
-}
-
-/// What the watcher knows about the job's state between reads, and when to
-/// read it next.
-#[derive(Debug)]
-struct StateTracker {
-    /// The scheduler has shown the job at least once.
-    seen: bool,
-    /// The state and reason last announced.
-    shown: Option<(String, Option<String>)>,
-    warned_unknown: bool,
-    failing_since: Option<Instant>,
-    phase: Phase,
-    /// When the phase began.
-    phase_started: Instant,
-    /// State reads done in this phase.
-    phase_reads: u32,
-    /// When the last state read came back.
-    last_read: Option<Instant>,
-}
-
-impl StateTracker {
-    fn new(started: Instant) -> Self {
-        Self {
-            seen: false,
-            shown: None,
-            warned_unknown: false,
-            failing_since: None,
-            phase: Phase::Submitted,
-            phase_started: started,
-            phase_reads: 0,
-            last_read: None,
-        }
-    }
-
-    /// Moves to `phase` if it is further on; says whether it did.
-    fn enter(&mut self, phase: Phase, now: Instant) -> bool {
-        if phase <= self.phase {
-            return false;
-        }
-        self.phase = phase;
-        self.phase_started = now;
-        self.phase_reads = 0;
-        true
-    }
-
-    /// A state read started in phase `started_in` came back. One started
-    /// before the phase began does not count as the phase's first.
-    fn read_done(&mut self, now: Instant, started_in: Phase) {
-        if started_in == self.phase {
-            self.phase_reads += 1;
-        }
-        self.last_read = Some(now);
-    }
-
-    /// When to read the state next.
-    fn next_read(&self, settings: &WatchSettings) -> Instant {
-        let n = self.phase_reads;
-        let doubling = |first: Duration, k: u32| first * (1u32 << k.min(6));
-        let after_last = |delay: Duration| {
-            let from = match self.last_read {
-                Some(last) if n > 0 => last,
-                _ => self.phase_started,
-            };
-            from + delay.min(settings.state_interval)
-        };
-        match self.phase {
-            // 0.3, 0.6, 1.2, ... s: the scheduler may not know the job yet,
-            // it may start any moment, or it waits in the queue.
-            Phase::Submitted => after_last(doubling(FIRST_READ_AFTER, n).min(PENDING_STATE_EVERY)),
-            // The output shows the job running: only the safety net.
-            Phase::Running => after_last(settings.state_interval),
-            // The job should end any moment: at once, then 1, 2, 4, ... s,
-            // so a state that lingers (a slow epilog, a state this tool does
-            // not know) does not cost a request a second. Once the script
-            // printed its last line, only the shell's exit is left: at once,
-            // then 0.1, 0.2, 0.4, ... s.
-            Phase::CommandsEnded | Phase::ScriptEnded if n == 0 => self.phase_started,
-            Phase::CommandsEnded => after_last(doubling(Duration::from_secs(1), n - 1)),
-            Phase::ScriptEnded => after_last(doubling(Duration::from_millis(100), n - 1)),
-        }
-    }
-}
-
-/// When to read the output next, from how it flowed so far.
-#[derive(Debug)]
-struct OutputPace {
-    /// Until the next read.
-    interval: Duration,
-    /// Reads that gave bytes since the output began (or restarted).
-    reads_with_data: u32,
-    /// When a read last gave bytes (at first: when watching began).
-    last_data: Instant,
-    /// Reads in a row that gave nothing.
-    quiet_reads: u32,
-}
-
-impl OutputPace {
-    fn new(started: Instant) -> Self {
-        Self {
-            interval: FIRST_READ_AFTER,
-            reads_with_data: 0,
-            last_data: started,
-            quiet_reads: 0,
-        }
-    }
-
-    /// The job was just seen running: read soon, as after submission.
-    fn restart(&mut self) {
-        self.interval = FIRST_READ_AFTER;
-        self.reads_with_data = 0;
-        self.quiet_reads = 0;
-    }
-
-    /// After a read that gave `got` bytes (`more`: it stopped at its size
-    /// limit): how long until the next one.
-    fn after_read(
-        &mut self,
-        got: u64,
-        more: bool,
-        now: Instant,
-        settings: &WatchSettings,
-    ) -> Duration {
-        if got > 0 {
-            self.last_data = now;
-            self.reads_with_data += 1;
-        }
-        let was_quiet = self.quiet_reads > 0;
-        self.quiet_reads = if got > 0 { 0 } else { self.quiet_reads + 1 };
-        self.interval = if more {
-            Duration::ZERO
-        } else if got > 0 && was_quiet && self.reads_with_data > 1 {
-            // Output came back after quiet reads: sparse lines (one every
-            // few seconds) cost about one read each at the interval reached;
-            // output that keeps flowing is read every `log_interval` from
-            // the next read on.
-            self.interval.max(settings.log_interval)
-        } else if got > 0 {
-            // The first reads after the output began come sooner: a short
-            // job ends soon after its prologue.
-            let ramp = FIRST_READ_AFTER * (1u32 << (self.reads_with_data - 1).min(6));
-            ramp.min(settings.log_interval)
-        } else {
-            let cap = if now.duration_since(self.last_data) >= settings.silent_after {
-                settings.silent_interval.max(settings.log_max_interval)
-            } else {
-                settings.log_max_interval
-            };
-            (self.interval * 2)
-                .max(FIRST_READ_AFTER.min(settings.log_interval))
-                .min(cap)
-        };
-        self.interval
-    }
-}
-
 fn announce(job: &JobId, state: &SlurmState, status: &JobStatus) {
     let reason = status
         .reason
@@ -805,90 +634,9 @@ fn announce(job: &JobId, state: &SlurmState, status: &JobStatus) {
     }
 }
 
-/// Decodes a byte stream for display: valid UTF-8 passes through untouched,
-/// invalid bytes become U+FFFD, and a character cut at the end of a read
-/// waits for its remaining bytes instead of being mangled.
-#[derive(Debug, Default)]
-pub struct Utf8Stream {
-    pending: Vec<u8>,
-}
-
-impl Utf8Stream {
-    /// Adds bytes; returns what can be shown now.
-    pub fn push(&mut self, data: &[u8]) -> Vec<u8> {
-        self.pending.extend_from_slice(data);
-        let mut out = Vec::with_capacity(self.pending.len());
-        let mut rest: &[u8] = &self.pending;
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(valid) => {
-                    out.extend_from_slice(valid.as_bytes());
-                    rest = &[];
-                    break;
-                }
-                Err(err) => {
-                    let (valid, after) = rest.split_at(err.valid_up_to());
-                    out.extend_from_slice(valid);
-                    match err.error_len() {
-                        Some(bad) => {
-                            out.extend_from_slice(
-                                char::REPLACEMENT_CHARACTER.to_string().as_bytes(),
-                            );
-                            rest = &after[bad..];
-                        }
-                        None => {
-                            // An incomplete character at the end: keep it.
-                            rest = after;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        self.pending = rest.to_vec();
-        out
-    }
-
-    /// Shows whatever is held back, lossily: the stream has ended.
-    pub fn finish(&mut self) -> Vec<u8> {
-        let rest = std::mem::take(&mut self.pending);
-        String::from_utf8_lossy(&rest).into_owned().into_bytes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utf8_stream_reassembles_split_characters() {
-        let text = "grüße ✓ 日本語\n".as_bytes();
-        for cut in 0..=text.len() {
-            let mut stream = Utf8Stream::default();
-            let mut out = stream.push(&text[..cut]);
-            out.extend(stream.push(&text[cut..]));
-            out.extend(stream.finish());
-            assert_eq!(out, text, "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn utf8_stream_replaces_invalid_bytes_without_shifting() {
-        let mut stream = Utf8Stream::default();
-        let mut out = stream.push(b"a\xffb");
-        out.extend(stream.push(b"\xe6\x97"));
-        out.extend(stream.push(b"\xa5c\xc0d"));
-        out.extend(stream.finish());
-        assert_eq!(String::from_utf8(out).unwrap(), "a\u{fffd}b日c\u{fffd}d");
-    }
-
-    #[test]
-    fn utf8_stream_finish_shows_a_truncated_tail_lossily() {
-        let mut stream = Utf8Stream::default();
-        assert_eq!(stream.push(b"ok \xe6\x97"), b"ok ");
-        assert_eq!(String::from_utf8(stream.finish()).unwrap(), "\u{fffd}");
-        assert!(stream.finish().is_empty());
-    }
 
     /// A job that follows a script on tokio's clock (seconds from the
     /// backend's creation): its state over time, what its output file holds
