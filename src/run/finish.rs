@@ -285,10 +285,12 @@ async fn fetch_handback(remote: &Remote<'_>, attempt: Attempt) -> HandedBack {
             }
         }
     };
-    HandedBack {
-        outputs: read(attempt.file(handback::OUTPUT_FILE)).await,
-        summary: read(attempt.file(handback::SUMMARY_FILE)).await,
-    }
+    // Both at once: each is a round trip or two, at the end of every run.
+    let (outputs, summary) = tokio::join!(
+        read(attempt.file(handback::OUTPUT_FILE)),
+        read(attempt.file(handback::SUMMARY_FILE))
+    );
+    HandedBack { outputs, summary }
 }
 
 /// What came of bringing the artifacts back.

@@ -417,10 +417,10 @@ fn a_long_job_costs_few_requests() {
     let log = requests(&fake);
     let tails = times(&log, Route::OpsTail);
     // While the output flows (from the first tail to the last), the state
-    // is read by the safety net only: every 30 s.
+    // is read by the safety net only: every 45 s.
     let (first, last) = (tails[0], tails[tails.len() - 1]);
     let flowing = count_in(&log, Some(Route::JobGet), first + 1.0, last - 1.0);
-    let allowed = ((last - first) / 30.0).floor() as usize + 1;
+    let allowed = ((last - first) / 45.0).floor() as usize + 1;
     assert!(
         flowing <= allowed,
         "{flowing} state reads in {:.0} s of output",
@@ -455,7 +455,12 @@ fn a_quiet_job_costs_few_requests() {
     assert!(out.stdout.contains("done"), "{}", out.stdout);
     let log = requests(&fake);
     // The silence: the longest gap between two tails that gave output.
-    let tails = times(&log, Route::OpsTail);
+    let tails: Vec<f64> = fake
+        .log()
+        .iter()
+        .filter(|e| e.route == Route::OpsTail && e.output_len > 0)
+        .map(|e| e.at.as_secs_f64())
+        .collect();
     let (from, to) = tails
         .windows(2)
         .map(|w| (w[0], w[1]))

@@ -395,6 +395,9 @@ pub struct LogEntry {
     pub injected: Option<String>,
     /// The request's `X-Request-ID` and `X-Correlation-ID` headers.
     pub request_id: Option<String>,
+    /// For an answered `tail` or `view`: the length of the output text it
+    /// gave (0: nothing new).
+    pub output_len: usize,
     pub correlation_id: Option<String>,
 }
 
@@ -776,6 +779,7 @@ impl http::Handler for Core {
             injected: Some("reset".into()),
             request_id: None,
             correlation_id: None,
+            output_len: 0,
         });
     }
 
@@ -806,6 +810,7 @@ impl http::Handler for Core {
             injected: None,
             request_id: header("x-request-id"),
             correlation_id: header("x-correlation-id"),
+            output_len: 0,
         };
         let now = Instant::now();
         let (delay, pre) = {
@@ -865,9 +870,25 @@ impl http::Handler for Core {
             entry.injected = Some("malformed".into());
         }
         entry.status = r.status;
+        if matches!(route, Route::OpsTail | Route::OpsView) && r.status == 200 {
+            entry.output_len = output_len(&r.body);
+        }
         self.log(entry);
         Reply::Response(r)
     }
+}
+
+/// The length of the text in a `tail` (`output.content`) or `view`
+/// (`output`) answer.
+fn output_len(body: &[u8]) -> usize {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return 0;
+    };
+    let output = &value["output"];
+    output["content"]
+        .as_str()
+        .or_else(|| output.as_str())
+        .map_or(0, str::len)
 }
 
 /// The running double. See the module documentation.
