@@ -332,7 +332,7 @@ pub const LOG_INTERVAL: InputSpec = input(
         "FIRECREST_LOG_INTERVAL",
         "",
         "1s",
-        "how often new output is read while output flows (it backs off to 2.5s when quiet, to 12s after 75s of quiet)",
+        "how often new output is read while output flows (it backs off to 2.5s when quiet, to 15s after 75s of quiet)",
     );
 /// `FIRECREST_SUBMIT_GRACE`.
 pub const SUBMIT_GRACE: InputSpec = input(

@@ -155,8 +155,9 @@ impl Default for PollSettings {
             log_max_interval: Duration::from_millis(2500),
             // Quiet for longer than the quiet stretches of an ordinary job
             // (a minute of compiling, a test that sleeps): a job silent for
-            // minutes then costs about 5 output reads a minute.
-            silent_interval: Duration::from_secs(12),
+            // minutes then costs 4 output reads a minute (issue 12: at most
+            // 10 requests a minute in all for a job silent for 10 minutes).
+            silent_interval: Duration::from_secs(15),
             silent_after: Duration::from_secs(75),
             submit_grace: Duration::from_secs(120),
             error_budget: Duration::from_secs(600),

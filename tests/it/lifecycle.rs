@@ -467,7 +467,7 @@ fn a_quiet_job_costs_few_requests() {
         .max_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)))
         .expect("two tails");
     assert!(to - from >= 115.0, "no silence between tails: {tails:?}");
-    // Backed off after 75 s of quiet: an output read every 12 s and the
+    // Backed off after 75 s of quiet: an output read every 15 s and the
     // safety net's state read every 45 s, at most 10 requests a minute.
     let settled = from + 80.0;
     let requests = count_in(&log, None, settled, to);
