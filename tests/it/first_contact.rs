@@ -54,10 +54,10 @@ fn assert_named(fake: &FakeFirecrest, out: &Outcome, code: i32, named: &[&str]) 
     assert!(fake.jobs().is_empty(), "no job may be sent");
 }
 
-/// The loopback address of this module's own sockets. The doubles listen on
-/// 127.0.0.1 and let their ports go during an outage; a socket here on the
-/// same address could take such a port, and another test's double would
-/// then reach this module's web server.
+/// The loopback address of this module's own sockets, apart from the
+/// addresses of the doubles (127.1.x.y, one per listener) and of other
+/// tests' servers on 127.0.0.1: a port one of them lets go is never taken
+/// here, and a port let go here is never reached by them.
 const ASIDE: &str = "127.0.0.2";
 
 /// A loopback port that nothing listens on (bound, then let go).

@@ -100,10 +100,25 @@ pub trait Handler: Send + Sync + 'static {
     fn dropped(&self, port: PortKind, method: &str, target: &str);
 }
 
-/// Binds 127.0.0.1 on a free port and serves it until shutdown, closing the
-/// listener while the handler says the port is away.
+/// Every listener of every double in this test binary gets a loopback
+/// address of its own (127.1.0.1, 127.1.0.2, ...): a port it lets go during
+/// an outage can then only be taken back by itself. On 127.0.0.1 another
+/// test's socket bound to port 0 could get it, and a test of a server that
+/// is down would reach that one instead (seen: `check` passing against
+/// another test's double).
+fn own_loopback_address() -> std::net::Ipv4Addr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // 127.1.0.1 to 127.1.255.254, then around again (far more than a run
+    // starts).
+    let n = n % 65_534 + 1;
+    std::net::Ipv4Addr::new(127, 1, (n >> 8) as u8, (n & 0xff) as u8)
+}
+
+/// Binds a loopback address of its own on a free port and serves it until
+/// shutdown, closing the listener while the handler says the port is away.
 pub fn serve<H: Handler>(handler: Arc<H>, port: PortKind) -> (SocketAddr, thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind((own_loopback_address(), 0)).unwrap();
     let addr = listener.local_addr().unwrap();
     let join = thread::Builder::new()
         .name(format!("fake-accept-{port:?}"))

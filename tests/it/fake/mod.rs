@@ -14,8 +14,8 @@
 //!
 //! ```ignore
 //! let fake = FakeFirecrest::start();                 // or start_with(Settings { .. })
-//! fake.url();          // "http://127.0.0.1:<port>"  -> FIRECREST_URL
-//! fake.token_url();    // "http://127.0.0.1:<port2>/token" (own port, so it can be down alone)
+//! fake.url();          // "http://127.1.x.y:<port>" (a loopback address of its own) -> FIRECREST_URL
+//! fake.token_url();    // "http://127.1.x.y:<port2>/token" (own address and port, so it can be down alone)
 //! fake.client_id(); fake.client_secret();            // "firecrest-ci" / "fake-secret"
 //! fake.system();       // "daint"
 //! fake.scratch();      // <tmp>/scratch: the defaultWorkDir file system (paths in the API are these real paths)
