@@ -271,14 +271,9 @@ fn bench_upload_small() {
         let mut setup = Setup::firecrest(&fake, "bench-small", "true");
         setup.set("FIRECREST_WORKSPACE", dir.path().display().to_string());
         let spawned_at = fake.since_start();
-        let started = Instant::now();
-        let out = setup.spawn().wait_with_output().unwrap();
-        let elapsed = started.elapsed().as_secs_f64();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = setup.run(std::time::Duration::from_secs(60));
+        let elapsed = out.elapsed.as_secs_f64();
+        assert_eq!(out.code, 0, "{}", out.both());
         let submit = fake
             .log()
             .into_iter()
