@@ -509,15 +509,12 @@ mod tests {
 
     /// The error the client returns for a FirecREST error reply.
     fn api_error(status: u16, message: &str) -> anyhow::Error {
-        let api = crate::firecrest::ApiError {
+        let api = crate::firecrest::ApiError::test_reply(
             status,
-            method: "GET".into(),
-            path: "/status/daint/userinfo".into(),
-            message: message.into(),
-            error_type: Some("error".into()),
-            retry_after: None,
-            request_id: None,
-        };
+            "GET",
+            "/status/daint/userinfo",
+            message,
+        );
         let refused = crate::firecrest::AuthError::from_reply(&api);
         let err = anyhow::Error::new(api);
         match refused {

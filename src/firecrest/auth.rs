@@ -438,14 +438,8 @@ mod tests {
 
     #[test]
     fn only_a_400_about_the_token_is_a_credentials_problem() {
-        let reply = |status: u16, message: &str| ApiError {
-            status,
-            method: "GET".into(),
-            path: "/status/daint/userinfo".into(),
-            message: message.into(),
-            error_type: Some("error".into()),
-            retry_after: None,
-            request_id: None,
+        let reply = |status: u16, message: &str| {
+            ApiError::test_reply(status, "GET", "/status/daint/userinfo", message)
         };
         // From the recorded auth_errors.json.
         let claim = "Authentication token 'preferred_username' claim is missing";

@@ -32,6 +32,22 @@ fn request_note(id: Option<&str>) -> String {
     id.map_or_else(String::new, |id| format!(" (request id {id})"))
 }
 
+#[cfg(test)]
+impl ApiError {
+    /// A FirecREST error reply as the client builds it, for tests.
+    pub(crate) fn test_reply(status: u16, method: &str, path: &str, message: &str) -> Self {
+        ApiError {
+            status,
+            method: method.into(),
+            path: path.into(),
+            message: message.into(),
+            error_type: Some("error".into()),
+            retry_after: None,
+            request_id: None,
+        }
+    }
+}
+
 impl ApiError {
     /// 404: no such system, file, or job (yet).
     pub fn is_not_found(&self) -> bool {

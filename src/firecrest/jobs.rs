@@ -222,15 +222,12 @@ mod tests {
 
     #[test]
     fn already_completed_is_recognised_only_on_500() {
-        let mut e = ApiError {
-            status: 500,
-            method: "DELETE".into(),
-            path: "/compute/daint/jobs/33".into(),
-            message: "Unexpected Slurm command response. exit_status:0 std_err:scancel: Terminating job 33\nscancel: error: Kill job error on job id 33: Job/step already completing or completed\n".into(),
-            error_type: Some("error".into()),
-            retry_after: None,
-            request_id: None,
-        };
+        let mut e = ApiError::test_reply(
+            500,
+            "DELETE",
+            "/compute/daint/jobs/33",
+            "Unexpected Slurm command response. exit_status:0 std_err:scancel: Terminating job 33\nscancel: error: Kill job error on job id 33: Job/step already completing or completed\n",
+        );
         assert!(is_already_completed(&e));
         e.status = 400;
         assert!(!is_already_completed(&e));

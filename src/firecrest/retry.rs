@@ -400,16 +400,7 @@ mod tests {
     use super::*;
 
     fn api_error(status: u16) -> anyhow::Error {
-        ApiError {
-            status,
-            method: "GET".into(),
-            path: "/status/systems".into(),
-            message: "x".into(),
-            error_type: None,
-            retry_after: None,
-            request_id: None,
-        }
-        .into()
+        ApiError::test_reply(status, "GET", "/status/systems", "x").into()
     }
 
     #[test]
@@ -425,16 +416,7 @@ mod tests {
     }
 
     fn recorded_api_error(status: u16, message: &str) -> anyhow::Error {
-        ApiError {
-            status,
-            method: "POST".into(),
-            path: "/compute/daint/jobs".into(),
-            message: message.into(),
-            error_type: Some("error".into()),
-            retry_after: None,
-            request_id: None,
-        }
-        .into()
+        ApiError::test_reply(status, "POST", "/compute/daint/jobs", message).into()
     }
 
     /// The replies of `recorded/submit_errors.json` and
