@@ -39,9 +39,11 @@ fn fake_with_link(rate: Option<u64>) -> FakeFirecrest {
     })
 }
 
-/// A run with 16 MB of incompressible data under the default choice.
+/// A run with 16 MB of incompressible data under the default choice, with
+/// the tool's debug lines (one per part started).
 fn run_16mb(fake: &FakeFirecrest, name: &str) -> (Outcome, String) {
-    let setup = Setup::firecrest(fake, name, "sha256sum big.bin");
+    let mut setup = Setup::firecrest(fake, name, "sha256sum big.bin");
+    setup.set("FIRECREST_LOG_LEVEL", "debug");
     let sha = random_file(&setup.path().join("big.bin"), 16_000_000);
     let out = setup.run(LIMIT);
     (out, sha)
@@ -55,11 +57,23 @@ fn a_slow_link_sends_the_rest_through_s3() {
     assert_eq!(out.code, 0, "{}", out.both());
     assert!(out.stdout.contains(&sha), "{}", out.both());
     assert_eq!(fake.count(Route::TransferUpload), 1, "{}", out.both());
+    // Parts go up while the archive is packed (as many as packing takes
+    // time for: more on a busy machine); once it is packed, new parts start
+    // only until the first wave has measured the rate, then S3 takes the rest.
     let parts = fake.count(Route::OpsUpload);
+    let after_packing = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("upload of archive bytes") && l.contains("(packing done)"))
+        .count();
+    let wave = 2 * firecrest_ci::transfer::PARALLEL_UPLOADS;
     assert!(
-        (4..20).contains(&parts),
-        "the rate is measured on the first parts, then S3: {parts} direct parts"
+        parts >= firecrest_ci::transfer::RATE_AFTER_PARTS && after_packing < wave,
+        "the rate is measured on the first parts, then S3: {parts} direct parts, \
+         {after_packing} of them started once packed\n{}",
+        out.stderr
     );
+    assert!(parts < 16_000_000 / (60 * 1024), "S3 took the rest");
     assert!(out.stderr.contains("go through S3"), "{}", out.stderr);
     assert!(
         out.stderr.contains("waiting for FirecREST's transfer job")
