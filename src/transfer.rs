@@ -300,6 +300,105 @@ pub fn read_window(window: &str, block: u64, offset: u64, known: Option<&str>) -
     }
 }
 
+/// The usual output read, for a poll that finds little or no new output:
+/// one bounded `view` request that the server answers with the file from
+/// the read offset on, so no `stat` is needed to know the read is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollWindow {
+    /// The `size` to send: the server reads `2 * size` bytes from `block`.
+    pub size: u64,
+    /// Where the server's block starts (a multiple of `size`).
+    pub block: u64,
+    /// The `offset` to send: `block` plus the characters the server decodes
+    /// between `block` and the read offset, so its character slice starts
+    /// exactly at the read offset.
+    pub offset: u64,
+}
+
+/// Windows smaller than this are not worth a request: a read then costs
+/// `stat` and `tail`.
+pub const MIN_POLL_WINDOW: u64 = 4 * 1024;
+
+/// The poll window for a read at `offset`, at most `max` (a power of two):
+/// its block must start where the known output tells how the server
+/// decodes up to `offset` (see [`anchored_block`]). `None` when only a
+/// window under [`MIN_POLL_WINDOW`] qualifies.
+pub fn poll_window(offset: u64, known: &KnownOutput, max: u64) -> Option<PollWindow> {
+    let size = anchored_block(offset, known.known_from(offset), max);
+    if size < MIN_POLL_WINDOW {
+        return None;
+    }
+    let block = offset / size * size;
+    let chars = if block == offset {
+        0
+    } else {
+        known.decoded_from(block)?.chars().count() as u64
+    };
+    Some(PollWindow {
+        size,
+        block,
+        offset: block + chars,
+    })
+}
+
+/// What a poll window's reply says about the file from the read offset on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollReading {
+    /// These are exactly the file's bytes from the read offset on (maybe
+    /// none), and what follows them.
+    Exact { text: String, after: AfterPoll },
+    /// Replaced bytes at the read offset, with text after them: only `stat`
+    /// and `tail` can tell how many bytes they stand for.
+    Unsure,
+}
+
+/// What follows the exact text of a poll window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterPoll {
+    /// The end of the file as it was read.
+    End,
+    /// Replaced bytes at the end of the file: a character still being
+    /// written, or invalid bytes; only the end of the job tells which.
+    Pending,
+    /// Maybe more: read on, with `stat` first.
+    More,
+}
+
+/// Reads a poll window's reply (the server's decoding of the file from the
+/// read offset `offset`, at most `window.size` characters of the `2 *
+/// window.size` bytes read from `window.block`). Only the text before the
+/// first replacement is certain. The reply reaches the end of the file
+/// when it stops short of both the character count and the bytes read (a
+/// trailing replacement stands for at most 3 bytes).
+pub fn read_poll(reply: &str, window: &PollWindow, offset: u64) -> PollReading {
+    let exact = exact_prefix(reply);
+    let trimmed = reply.trim_end_matches(char::REPLACEMENT_CHARACTER);
+    if trimmed.len() > exact.len() {
+        // A replacement with text after it.
+        return if exact.is_empty() {
+            PollReading::Unsure
+        } else {
+            PollReading::Exact {
+                text: exact.to_string(),
+                after: AfterPoll::More,
+            }
+        };
+    }
+    let replaced = reply[exact.len()..].chars().count() as u64;
+    let covered = offset + exact.len() as u64 + 3 * replaced;
+    let short =
+        (reply.chars().count() as u64) < window.size && covered < window.block + 2 * window.size;
+    let after = match (short, replaced) {
+        (false, _) => AfterPoll::More,
+        (true, 0) => AfterPoll::End,
+        (true, _) => AfterPoll::Pending,
+    };
+    PollReading::Exact {
+        text: exact.to_string(),
+        after,
+    }
+}
+
 /// A stretch of output just before the read offset, as far as it is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Known {
@@ -604,5 +703,134 @@ mod tests {
         assert_eq!(read_tail("\u{fffd}"), TailReading::Pending);
         assert_eq!(read_tail("a\u{fffd}b\u{fffd}"), TailReading::Ambiguous);
         assert_eq!(exact_prefix("ab\u{fffd}cd"), "ab");
+    }
+
+    /// The server's `view` (`dd bs=size skip=offset/size count=2`, lossy
+    /// decoding, then `size` characters from character `offset % size`).
+    fn server_view(file: &[u8], offset: u64, size: u64) -> String {
+        let from = (offset / size * size).min(file.len() as u64) as usize;
+        let to = (from + 2 * size as usize).min(file.len());
+        String::from_utf8_lossy(&file[from..to])
+            .chars()
+            .skip((offset % size) as usize)
+            .take(size as usize)
+            .collect()
+    }
+
+    #[test]
+    fn a_poll_window_answers_with_the_file_from_the_read_offset_on() {
+        let mut file = Vec::new();
+        for i in 0..3000 {
+            file.extend_from_slice(format!("{i} grüße ✓ 日本語 🚀\n").as_bytes());
+        }
+        let size = 4 * MIN_POLL_WINDOW;
+        let mut known = KnownOutput::default();
+        let mut offset = 0u64;
+        let mut polls = 0;
+        // Grow the known output in uneven steps that end on whole characters.
+        while offset < file.len() as u64 {
+            let window = poll_window(offset, &known, size).expect("a window");
+            assert_eq!(window.size, size, "known output anchors a full window");
+            let reply = server_view(&file, window.offset, window.size);
+            let PollReading::Exact { text, after } = read_poll(&reply, &window, offset) else {
+                panic!("valid UTF-8 is exact at byte {offset}");
+            };
+            let to_end = after == AfterPoll::End;
+            let rest = &file[offset as usize..];
+            assert!(rest.starts_with(text.as_bytes()), "exact at byte {offset}");
+            if to_end {
+                assert_eq!(text.len(), rest.len(), "the end at byte {offset}");
+            }
+            if rest.len() < size as usize / 2 {
+                assert!(to_end, "the end seen at byte {offset}");
+            }
+            // Take a part of it, as a file that was shorter would have given.
+            let take = text
+                .char_indices()
+                .map(|(at, _)| at)
+                .nth(1 + polls % 977)
+                .unwrap_or(text.len());
+            known.push_bytes(offset, &text.as_bytes()[..take]);
+            offset += take as u64;
+            polls += 1;
+        }
+        assert!(polls > 100, "{polls} polls");
+    }
+
+    #[test]
+    fn a_poll_window_that_cannot_see_the_end_says_so() {
+        let file = "x".repeat(20_000).into_bytes();
+        let window = poll_window(0, &KnownOutput::default(), MIN_POLL_WINDOW).unwrap();
+        let reply = server_view(&file, window.offset, window.size);
+        // 4 KiB characters: the window is full, more follows.
+        match read_poll(&reply, &window, 0) {
+            PollReading::Exact { text, after } => {
+                assert_eq!(text.chars().count() as u64, MIN_POLL_WINDOW);
+                assert_eq!(after, AfterPoll::More);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Cut at the end of the bytes read: only the whole characters count.
+        let cut = "日".repeat(2731).into_bytes();
+        let window = PollWindow {
+            size: 4096,
+            block: 0,
+            offset: 0,
+        };
+        let reply = server_view(&cut, 0, 4096);
+        assert!(reply.ends_with(char::REPLACEMENT_CHARACTER), "{reply}");
+        match read_poll(&reply, &window, 0) {
+            PollReading::Exact { text, after } => {
+                assert_eq!(text.len(), 8190);
+                assert_eq!(after, AfterPoll::More);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same cut at the end of the file: a character being written.
+        let file = "日".repeat(100).into_bytes();
+        let reply = server_view(&file[..298], 0, 4096);
+        assert_eq!(
+            read_poll(&reply, &window, 0),
+            PollReading::Exact {
+                text: "日".repeat(99),
+                after: AfterPoll::Pending
+            }
+        );
+    }
+
+    #[test]
+    fn replaced_bytes_at_the_offset_leave_the_poll_unsure() {
+        let file = b"ok\n\xff\xfe then more\n".to_vec();
+        let mut known = KnownOutput::default();
+        known.push_bytes(0, b"ok\n");
+        let window = poll_window(3, &known, MIN_POLL_WINDOW).unwrap();
+        assert_eq!((window.block, window.offset), (0, 3));
+        let reply = server_view(&file, window.offset, window.size);
+        assert_eq!(read_poll(&reply, &window, 3), PollReading::Unsure);
+        // Further in, the exact part before the replacement is kept.
+        let reply = server_view(&file, 0, window.size);
+        assert_eq!(
+            read_poll(&reply, &window, 0),
+            PollReading::Exact {
+                text: "ok\n".into(),
+                after: AfterPoll::More
+            }
+        );
+    }
+
+    #[test]
+    fn without_known_output_only_an_aligned_window_qualifies() {
+        let known = KnownOutput::default();
+        // 3 * 4096: the largest power of two dividing it is 4096.
+        let window = poll_window(3 * 4096, &known, 65536).unwrap();
+        assert_eq!(
+            (window.size, window.block, window.offset),
+            (4096, 12288, 12288)
+        );
+        // An odd offset would need 1-byte windows: read with stat and tail.
+        assert_eq!(poll_window(4097, &known, 65536), None);
+        // Nothing read yet: any window starts at byte 0.
+        let window = poll_window(0, &known, 65536).unwrap();
+        assert_eq!((window.size, window.offset), (65536, 0));
     }
 }

@@ -138,13 +138,13 @@ fn figures(case: &str, fake: &FakeFirecrest, out: &Outcome) -> Figures {
     };
     let count = |r: Route| log.iter().filter(|e| e.route == r).count();
     eprintln!(
-        "figures: {case}: {:.0}s, {} API requests = {:.1}/min (job GETs {}, tails {}, tokens {}), \
+        "figures: {case}: {:.0}s, {} API requests = {:.1}/min (job GETs {}, output reads {}, tokens {}), \
          {} faults injected, {} retries logged by the tool, {} answered 401",
         out.elapsed.as_secs_f64(),
         f.requests,
         f.per_minute,
         count(Route::JobGet),
-        count(Route::OpsTail),
+        log.iter().filter(|e| e.route.is_text_read()).count(),
         count(Route::Token),
         f.injected,
         f.retries,
@@ -309,7 +309,7 @@ fn a_response_slower_than_the_request_timeout() {
     setup.set("FIRECREST_REQUEST_TIMEOUT", "3s");
     // The server does the work and answers 10 s late.
     fake.delay(Some(Route::JobGet), secs(10), Stage::After, None, Some(3));
-    fake.delay(Some(Route::OpsTail), secs(10), Stage::After, None, Some(3));
+    fake.delay(Some(Route::OpsView), secs(10), Stage::After, None, Some(3));
     let out = setup.run(secs(150));
     let f = figures("replies 10 s late, request timeout 3 s", &fake, &out);
     assert_whole_run(&fake, name, &out, 5, 20, "FAILED");
@@ -387,7 +387,7 @@ fn malformed_json_and_a_missing_field_get_a_safe_default_never_a_panic() {
     let name = "malformed";
     let setup = setup(&fake, name, &numbered_job(15, "1", 4));
     fake.malform_next(Some(Route::JobGet), 2, Malform::InvalidJson);
-    fake.malform_next(Some(Route::OpsTail), 3, Malform::InvalidJson);
+    fake.malform_next(Some(Route::OpsView), 3, Malform::InvalidJson);
     fake.malform_next(Some(Route::JobGet), 2, Malform::DropField("status".into()));
     let out = setup.run(secs(120));
     figures("malformed JSON, missing status field", &fake, &out);
@@ -591,14 +591,18 @@ fn hostile_job_output_a_10_mb_line() {
     assert!(big[0][4..].bytes().all(|b| b == b'y'));
     assert_eq!(out.stdout.matches("yyyyyyyyyy\n").count(), 1);
     assert_eq!(out.stdout.matches("after-the-big-line").count(), 1);
-    assert!(fake.count(Route::OpsView) >= 1, "read in view windows");
+    let windows = fake
+        .log()
+        .iter()
+        .filter(|e| e.route == Route::OpsView && e.query_number("size") > Some(64 * 1024))
+        .count();
+    assert!(windows >= 1, "read in windows larger than a poll's");
     assert_eq!(fake.count(Route::TransferDownload), 0, "no S3 snapshot");
     assert!(
         !fake
             .log()
             .iter()
-            .any(|e| matches!(e.route, Route::OpsTail | Route::OpsView)
-                && matches!(e.status, 408 | 413 | 500)),
+            .any(|e| e.route.is_text_read() && matches!(e.status, 408 | 413 | 500)),
         "a read was over the buffer"
     );
     // A few copies of the line at most, not one per read.

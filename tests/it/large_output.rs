@@ -69,12 +69,7 @@ pub fn assert_shown_exactly(setup: &Setup, out: &Outcome, expected: &[u8]) {
 fn too_big_reads(fake: &FakeFirecrest) -> Vec<String> {
     fake.log()
         .iter()
-        .filter(|e| {
-            matches!(
-                e.route,
-                Route::OpsTail | Route::OpsView | Route::OpsDownload
-            )
-        })
+        .filter(|e| e.route.is_text_read() || e.route == Route::OpsDownload)
         .filter(|e| matches!(e.status, 408 | 413 | 500))
         .map(|e| format!("{:?} {} -> {}", e.route, e.query, e.status))
         .collect()
@@ -164,7 +159,7 @@ fn unshowable(name: &str, commands: &str) -> (FakeFirecrest, Setup, Outcome) {
     assert!(wait_until(Duration::from_secs(60), || fake
         .log()
         .iter()
-        .any(|e| e.route == Route::OpsTail
+        .any(|e| e.route.is_text_read()
             && e.status == 200
             && e.query.contains("job.out"))));
     fake.deny_reads("job.out", 403, Window::now_for(Duration::from_secs(600)));
@@ -285,20 +280,15 @@ fn a_40_mb_backlog_without_s3_is_read_in_view_windows_whole_and_in_order() {
     assert_shown_exactly(&setup, &out, &expected);
     assert_eq!(fake.count(Route::TransferDownload), 0);
     // Windows of at most 2 MiB, so at least 19 of them for 40 MB.
-    let views: Vec<String> = fake
+    let views: Vec<Option<u64>> = fake
         .log()
         .iter()
         .filter(|e| e.route == Route::OpsView)
-        .map(|e| e.query.clone())
+        .map(|e| e.query_number("size"))
         .collect();
     assert!(views.len() >= expected.len() / (2 << 20), "{views:?}");
-    let sizes = views.iter().filter_map(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("size="))
-            .and_then(|v| v.parse::<u64>().ok())
-    });
     assert!(
-        sizes.clone().count() == views.len() && sizes.clone().all(|s| s <= 2 << 20),
+        views.iter().all(|s| s.is_some_and(|s| s <= 2 << 20)),
         "{views:?}"
     );
     assert_eq!(too_big_reads(&fake), Vec::<String>::new());

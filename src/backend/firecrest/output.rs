@@ -1,7 +1,8 @@
 //! Reading the job's output byte-exact through FirecREST's text replies:
-//! `tail` from an offset when what is left fits, `view` windows placed on
-//! the file for a backlog, S3 snapshots for tens of MB (decisions in
-//! [`crate::transfer`]).
+//! one bounded `view` window per poll while the output trickles, then
+//! `stat` and a `tail` from the offset when what is left fits, `view`
+//! windows placed on the file for a backlog, S3 snapshots for tens of MB
+//! (decisions in [`crate::transfer`]).
 
 use anyhow::{bail, Context, Result};
 
@@ -19,6 +20,11 @@ const READ_BUDGET: u64 = 16 * 1024 * 1024;
 
 /// ... and stops starting new pieces after this long.
 const READ_TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The window of the one request a poll costs while the output trickles
+/// (see [`transfer::poll_window`]); more output than this is read on in
+/// pieces, with `stat` first.
+const POLL_WINDOW: u64 = 64 * 1024;
 
 /// An S3 snapshot of an output file, for reading a backlog larger than a
 /// synchronous call may return.
@@ -280,8 +286,61 @@ impl FirecrestBackend {
         })
     }
 
-    /// Reads output from `offset` on in bounded pieces, several per call
-    /// while a backlog lasts (see [`READ_BUDGET`]).
+    /// The usual read: one `view` window placed on the known output, which
+    /// answers with the output from `offset` on and says whether that is
+    /// all, so a poll costs one request, not a `stat` and a `tail`. `None`
+    /// when the window cannot tell: the pieces read then.
+    async fn read_poll(
+        &self,
+        path: &str,
+        offset: u64,
+        state: &ReadState,
+    ) -> Result<Option<(OutputChunk, transfer::AfterPoll)>> {
+        let max = state.piece.min(POLL_WINDOW);
+        let Some(window) = transfer::poll_window(offset, &state.known, max) else {
+            return Ok(None);
+        };
+        let reply = match self
+            .client
+            .output_view(path, window.offset, window.size)
+            .await
+        {
+            Ok(reply) => reply,
+            // Not there yet: the job has not started writing.
+            Err(err) if is_not_found(&err) => {
+                return Ok(Some((OutputChunk::default(), transfer::AfterPoll::End)))
+            }
+            Err(err) if is_read_too_big(&err) => {
+                tracing::debug!("a poll window of {path} was refused: {err:#}");
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        };
+        Ok(match transfer::read_poll(&reply, &window, offset) {
+            transfer::PollReading::Exact { text, after } => Some((
+                OutputChunk {
+                    advance: text.len() as u64,
+                    data: text.into_bytes(),
+                    more: false,
+                },
+                after,
+            )),
+            transfer::PollReading::Unsure => None,
+        })
+    }
+
+    /// Whether `offset` is inside the S3 snapshot being read of `path`.
+    async fn in_snapshot(&self, path: &str, offset: u64) -> bool {
+        self.snapshots
+            .lock()
+            .await
+            .get(path)
+            .is_some_and(|snapshot| offset < snapshot.size)
+    }
+
+    /// Reads output from `offset` on: a poll window first (see
+    /// [`Self::read_poll`]), then, while more is there, bounded pieces,
+    /// several per call while a backlog lasts (see [`READ_BUDGET`]).
     pub(super) async fn read_pieces(
         &self,
         path: &str,
@@ -295,6 +354,18 @@ impl FirecrestBackend {
             .or_insert_with(|| ReadState::new(transfer::output_piece_for(facts.max_ops_file_size)));
         let started = std::time::Instant::now();
         let mut chunk = OutputChunk::default();
+        if !self.in_snapshot(path, offset).await {
+            if let Some((piece, after)) = self.read_poll(path, offset, state).await? {
+                if piece.advance > 0 {
+                    state.advanced(offset, &piece, PieceKind::Exact);
+                }
+                match after {
+                    transfer::AfterPoll::End => return Ok(piece),
+                    transfer::AfterPoll::Pending if !last => return Ok(piece),
+                    _ => chunk = piece,
+                }
+            }
+        }
         loop {
             let at = offset + chunk.advance;
             let size = match self.client.output_stat(path).await {
@@ -310,13 +381,7 @@ impl FirecrestBackend {
             if size <= at {
                 return Ok(chunk);
             }
-            let from_snapshot = self
-                .snapshots
-                .lock()
-                .await
-                .get(path)
-                .is_some_and(|snapshot| at < snapshot.size);
-            let backlog = from_snapshot || (facts.s3 && size - at > S3_BACKLOG);
+            let backlog = self.in_snapshot(path, at).await || (facts.s3 && size - at > S3_BACKLOG);
             // A `tail` reads to the end of the file: no `stat` after it.
             let to_the_end = !backlog && size - at <= state.piece;
             let read = if backlog {
@@ -395,68 +460,12 @@ impl tokio::io::AsyncWrite for LimitedWriter<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::tests::{backend, recorded};
-    use super::*;
-    use crate::backend::Backend;
-    use wiremock::matchers::{method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-
-    /// A file of `size` bytes whose `tail` the server shows as `content`.
-    async fn serve_tail(server: &MockServer, content: &str, size: u64) {
-        Mock::given(method("GET"))
-            .and(path("/filesystem/daint/ops/tail"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-                "output": {"content": content, "contentType": "bytes", "startPosition": 1, "endPosition": -1}
-            })))
-            .mount(server)
-            .await;
-        let mut stat = recorded("fs_stat.json", 0);
-        stat["output"]["size"] = serde_json::json!(size);
-        Mock::given(method("GET"))
-            .and(path("/filesystem/daint/ops/stat"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(stat))
-            .mount(server)
-            .await;
-    }
-
-    #[tokio::test]
-    async fn replaced_bytes_inside_a_read_are_counted_from_the_file_size() {
-        let server = MockServer::start().await;
-        let backend = backend(&server).await;
-        // The file holds "a", one invalid byte, "b\n": 4 bytes, shown as 5.
-        serve_tail(&server, "a\u{fffd}b\n", 4).await;
-        let chunk = backend
-            .read_output("/scratch/ciuser/run/job.out", 0, false)
-            .await
-            .unwrap();
-        assert_eq!(chunk.advance, 4);
-        assert_eq!(chunk.data, "a\u{fffd}b\n".as_bytes());
-    }
-
-    #[tokio::test]
-    async fn a_possible_partial_character_at_the_end_waits_until_the_last_read() {
-        let server = MockServer::start().await;
-        let backend = backend(&server).await;
-        serve_tail(&server, "\u{fffd}", 12).await;
-        let path = "/scratch/ciuser/run/job.out";
-        assert_eq!(
-            backend.read_output(path, 10, false).await.unwrap(),
-            OutputChunk::default()
-        );
-        let last = backend.read_output(path, 10, true).await.unwrap();
-        assert_eq!(last.advance, 2);
-        assert_eq!(last.data, "\u{fffd}".as_bytes());
-    }
-}
-
 /// Reads of a file served like FirecREST serves it: byte-exact through the
 /// `tail` and `view` pieces, and never a reply over the buffer.
 #[cfg(test)]
 mod piece_tests {
     use super::super::FirecrestBackend;
-    use crate::backend::Backend;
+    use crate::backend::{Backend, OutputChunk};
     use crate::config::Credentials;
     use crate::firecrest::retry::RetryPolicy;
     use crate::firecrest::{Client, ClientSettings};
@@ -472,7 +481,7 @@ mod piece_tests {
     /// and the recordings: lossy decoding, `view` sliced by characters from
     /// its `size`-aligned block; counts replies over `limit`.
     struct FileServer {
-        data: Vec<u8>,
+        data: Arc<std::sync::Mutex<Vec<u8>>>,
         limit: u64,
         oversized: Arc<AtomicU64>,
         requests: Arc<AtomicU64>,
@@ -481,10 +490,11 @@ mod piece_tests {
     impl Respond for FileServer {
         fn respond(&self, request: &Request) -> ResponseTemplate {
             self.requests.fetch_add(1, Ordering::SeqCst);
+            let data = self.data.lock().unwrap().clone();
             let query: std::collections::HashMap<String, String> =
                 request.url.query_pairs().into_owned().collect();
             let number = |key: &str| query.get(key).and_then(|v| v.parse::<u64>().ok());
-            let len = self.data.len() as u64;
+            let len = data.len() as u64;
             let reply = |bytes: &[u8]| {
                 if bytes.len() as u64 > self.limit {
                     self.oversized.fetch_add(1, Ordering::SeqCst);
@@ -495,9 +505,9 @@ mod piece_tests {
                     .set_body_json(serde_json::json!({"output": {"size": len, "mode": 33188}})),
                 Some("tail") => {
                     let from = number("bytes").unwrap_or(1).saturating_sub(1).min(len) as usize;
-                    reply(&self.data[from..]);
+                    reply(&data[from..]);
                     ResponseTemplate::new(200).set_body_json(serde_json::json!({"output": {
-                        "content": String::from_utf8_lossy(&self.data[from..]),
+                        "content": String::from_utf8_lossy(&data[from..]),
                         "contentType": "bytes", "startPosition": from + 1, "endPosition": -1}}))
                 }
                 Some("view") => {
@@ -505,7 +515,7 @@ mod piece_tests {
                     let offset = number("offset").unwrap_or(0);
                     let from = (offset / size * size).min(len);
                     let to = (from + 2 * size).min(len);
-                    let block = &self.data[from as usize..to as usize];
+                    let block = &data[from as usize..to as usize];
                     reply(block);
                     let text: String = String::from_utf8_lossy(block)
                         .chars()
@@ -519,10 +529,12 @@ mod piece_tests {
         }
     }
 
-    /// Reads `data` through the backend from offset 0 until it is all read,
-    /// with the server's limit at `limit`; returns what was shown, the
-    /// number of oversized replies and of requests.
-    async fn read_through(data: Vec<u8>, limit: u64) -> (Vec<u8>, u64, u64) {
+    /// A backend reading `data` from a [`FileServer`] whose limit is `limit`;
+    /// with the counts of oversized replies and of requests.
+    async fn file_backend(
+        data: Arc<std::sync::Mutex<Vec<u8>>>,
+        limit: u64,
+    ) -> (MockServer, FirecrestBackend, Arc<AtomicU64>, Arc<AtomicU64>) {
         let server = MockServer::start().await;
         let mut systems: serde_json::Value = {
             let text = std::fs::read_to_string(format!(
@@ -544,7 +556,7 @@ mod piece_tests {
         let requests = Arc::new(AtomicU64::new(0));
         Mock::given(method("GET"))
             .respond_with(FileServer {
-                data: data.clone(),
+                data,
                 limit,
                 oversized: oversized.clone(),
                 requests: requests.clone(),
@@ -560,6 +572,15 @@ mod piece_tests {
         })
         .unwrap();
         let backend = FirecrestBackend::from_client(client, TransferThreshold::Above(1 << 30));
+        (server, backend, oversized, requests)
+    }
+
+    /// Reads `data` through the backend from offset 0 until it is all read,
+    /// with the server's limit at `limit`; returns what was shown, the
+    /// number of oversized replies and of requests.
+    async fn read_through(data: Vec<u8>, limit: u64) -> (Vec<u8>, u64, u64) {
+        let file = Arc::new(std::sync::Mutex::new(data.clone()));
+        let (_server, backend, oversized, requests) = file_backend(file, limit).await;
         let mut shown = Vec::new();
         let mut offset = 0;
         let mut stuck = 0;
@@ -579,6 +600,86 @@ mod piece_tests {
             oversized.load(Ordering::SeqCst),
             requests.load(Ordering::SeqCst),
         )
+    }
+
+    #[tokio::test]
+    async fn replaced_bytes_inside_a_read_are_counted_from_the_file_size() {
+        // "a", one invalid byte, "b\n": 4 bytes, shown as 5.
+        let file = Arc::new(std::sync::Mutex::new(b"a\xffb\n".to_vec()));
+        let (_server, backend, _, _) = file_backend(file, 5 * 1024 * 1024).await;
+        let chunk = backend.read_output("/f/job.out", 0, false).await.unwrap();
+        assert_eq!(chunk.advance, 4);
+        assert_eq!(chunk.data, "a\u{fffd}b\n".as_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_possible_partial_character_at_the_end_waits_until_the_last_read() {
+        // The first two bytes of "日" at the end, read through a `tail`
+        // (at byte 10) and through a poll window (at byte 0).
+        for (data, offset) in [(&b"0123456789\xe6\x97"[..], 10), (&b"\xe6\x97"[..], 0)] {
+            let file = Arc::new(std::sync::Mutex::new(data.to_vec()));
+            let (_server, backend, _, _) = file_backend(file, 5 * 1024 * 1024).await;
+            let path = "/f/job.out";
+            assert_eq!(
+                backend.read_output(path, offset, false).await.unwrap(),
+                OutputChunk::default()
+            );
+            let last = backend.read_output(path, offset, true).await.unwrap();
+            assert_eq!(last.advance, 2);
+            assert_eq!(last.data, "\u{fffd}".as_bytes());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_poll_of_trickling_output_costs_one_request() {
+        let file = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (_server, backend, oversized, requests) =
+            file_backend(file.clone(), 5 * 1024 * 1024).await;
+        let mut written = Vec::new();
+        let mut shown = Vec::new();
+        let mut offset = 0;
+        // The first read learns the server's limits (`status/systems`).
+        backend.read_output("/f/job.out", 0, false).await.unwrap();
+        let before = requests.load(Ordering::SeqCst);
+        let polls = 400;
+        for i in 0..polls {
+            // Lines of every length, multi-byte characters cut across polls,
+            // and polls that find nothing.
+            let line = format!("{i} grüße ✓ 日本語 🚀 {}\n", "x".repeat(i % 37));
+            let bytes = line.as_bytes();
+            let cut = (i * 7) % bytes.len();
+            if i % 5 != 4 {
+                file.lock().unwrap().extend_from_slice(&bytes[..cut]);
+                written.extend_from_slice(&bytes[..cut]);
+            }
+            let chunk = backend
+                .read_output("/f/job.out", offset, false)
+                .await
+                .unwrap();
+            offset += chunk.advance;
+            shown.extend(chunk.data);
+            if i % 5 != 4 {
+                file.lock().unwrap().extend_from_slice(&bytes[cut..]);
+                written.extend_from_slice(&bytes[cut..]);
+            }
+        }
+        let chunk = backend
+            .read_output("/f/job.out", offset, true)
+            .await
+            .unwrap();
+        shown.extend(chunk.data);
+        assert_eq!(
+            String::from_utf8_lossy(&shown),
+            String::from_utf8_lossy(&written)
+        );
+        assert_eq!(oversized.load(Ordering::SeqCst), 0);
+        let spent = requests.load(Ordering::SeqCst) - before;
+        // Each poll is one `view`, also one that ends inside a character;
+        // the last read, at a whole line, too.
+        assert!(
+            spent <= polls as u64 + 1,
+            "{spent} requests for {polls} polls"
+        );
     }
 
     /// Output that puts multi-byte characters, invalid bytes, truncated

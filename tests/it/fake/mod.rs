@@ -278,6 +278,12 @@ pub enum Route {
 }
 
 impl Route {
+    /// A read of a file's content as text (`tail` or `view`): what the tool
+    /// reads a job's output with.
+    pub fn is_text_read(self) -> bool {
+        matches!(self, Route::OpsTail | Route::OpsView)
+    }
+
     /// FirecREST proper (behind the gateway), as opposed to S3 and the IdP.
     pub fn is_firecrest(self) -> bool {
         !matches!(
@@ -399,6 +405,16 @@ pub struct LogEntry {
     /// gave (0: nothing new).
     pub output_len: usize,
     pub correlation_id: Option<String>,
+}
+
+impl LogEntry {
+    /// A number in the request's query (`size` of a `view`, say).
+    pub fn query_number(&self, key: &str) -> Option<u64> {
+        self.query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    }
 }
 
 /// What kind of Slurm job an id belongs to.
