@@ -1069,6 +1069,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_short_job_is_read_often_until_it_ends_then_the_reads_back_off() {
+        // The prologue, then two quiet seconds (unpacking, a quick test).
+        let job = Scripted::new()
+            .state(0.0, "RUNNING", None)
+            .write(0.5, STARTED)
+            .ends(2.6);
+        let (end, _) = watch(&job).await;
+        assert_eq!(finished(&end), "COMPLETED");
+        let reads = job.output_reads();
+        let first = reads.iter().copied().find(|t| *t >= 0.5).unwrap();
+        // Quiet, yet read every 0.3 s: the end is seen within 0.3 s.
+        assert!(
+            largest_gap(&reads, first, 2.6) <= schedule::FIRST_READ_AFTER.as_secs_f64() + 1e-6,
+            "{reads:?}"
+        );
+        let seen_end = reads.iter().copied().find(|t| *t >= 2.6).unwrap();
+        assert!(seen_end - 2.6 <= 0.3 + 1e-6, "{reads:?}");
+        // A job that goes on quietly: after `SHORT_JOB` the reads back off.
+        let long = Scripted::new()
+            .state(0.0, "RUNNING", None)
+            .write(0.5, STARTED)
+            .lines(20.0, 21.0, 0.5)
+            .ends(21.0);
+        watch(&long).await;
+        let reads = long.output_reads();
+        let short_end = 0.5 + schedule::SHORT_JOB.as_secs_f64();
+        let during = reads
+            .iter()
+            .filter(|t| (0.5..short_end).contains(*t))
+            .count();
+        let after = reads
+            .iter()
+            .filter(|t| (short_end..20.0).contains(*t))
+            .count();
+        assert!(
+            during >= 9,
+            "{during} reads in the first seconds: {reads:?}"
+        );
+        assert!(
+            after <= 10,
+            "{after} reads while quiet after them: {reads:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn sparse_lines_cost_about_one_read_each_and_show_within_the_cap() {
         let settings = WatchSettings::default();
         let cap = settings.log_max_interval.as_secs_f64();

@@ -13,6 +13,11 @@ use super::WatchSettings;
 /// short one ends soon after its prologue.
 pub(super) const FIRST_READ_AFTER: Duration = Duration::from_millis(300);
 
+/// For this long after the output began, it is read every
+/// [`FIRST_READ_AFTER`]: a short job (unpacking the workspace, a quick
+/// test) ends within seconds of its prologue, and its end is seen at once.
+pub(super) const SHORT_JOB: Duration = Duration::from_secs(3);
+
 /// Before the job is seen running, its state is read at least this often:
 /// the queue state and reason of a pending job are worth showing.
 pub(super) const PENDING_STATE_EVERY: Duration = Duration::from_secs(10);
@@ -122,6 +127,8 @@ pub(super) struct OutputPace {
     pub(super) reads_with_data: u32,
     /// When a read last gave bytes (at first: when watching began).
     pub(super) last_data: Instant,
+    /// When the first read gave bytes (since the output began or restarted).
+    pub(super) output_began: Option<Instant>,
     /// Reads in a row that gave nothing.
     pub(super) quiet_reads: u32,
 }
@@ -132,6 +139,7 @@ impl OutputPace {
             interval: FIRST_READ_AFTER,
             reads_with_data: 0,
             last_data: started,
+            output_began: None,
             quiet_reads: 0,
         }
     }
@@ -140,6 +148,7 @@ impl OutputPace {
     pub(super) fn restart(&mut self) {
         self.interval = FIRST_READ_AFTER;
         self.reads_with_data = 0;
+        self.output_began = None;
         self.quiet_reads = 0;
     }
 
@@ -155,11 +164,17 @@ impl OutputPace {
         if got > 0 {
             self.last_data = now;
             self.reads_with_data += 1;
+            self.output_began.get_or_insert(now);
         }
+        let short_job = self
+            .output_began
+            .is_some_and(|began| now.duration_since(began) < SHORT_JOB);
         let was_quiet = self.quiet_reads > 0;
         self.quiet_reads = if got > 0 { 0 } else { self.quiet_reads + 1 };
         self.interval = if more {
             Duration::ZERO
+        } else if short_job {
+            FIRST_READ_AFTER.min(settings.log_interval)
         } else if got > 0 && was_quiet && self.reads_with_data > 1 {
             // Output came back after quiet reads: sparse lines (one every
             // few seconds) cost about one read each at the interval reached;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::fake::FakeFirecrest;
+use crate::fake::{FakeFirecrest, Route};
 use crate::harness::{github_output_records, Setup};
 use crate::slurm;
 
@@ -74,6 +74,30 @@ fn assert_github(setup: &mut Setup) {
 fn job_outputs_and_summary_reach_github_through_the_double() {
     let fake = FakeFirecrest::start();
     assert_github(&mut Setup::firecrest(&fake, "handback-gh", COMMANDS));
+}
+
+#[test]
+fn a_job_that_hands_nothing_back_costs_no_download() {
+    let fake = FakeFirecrest::start();
+    let mut setup = Setup::firecrest(&fake, "handback-none", "echo done");
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("output");
+    setup.set("GITHUB_ACTIONS", "true");
+    setup.set("GITHUB_OUTPUT", output.display().to_string());
+    let out = setup.run(LIMIT);
+    assert_eq!(out.code, 0, "{}", out.both());
+    let records = github_output_records(&std::fs::read_to_string(&output).unwrap());
+    assert_eq!(values(&records, "state"), ["COMPLETED"], "{records:?}");
+    // Both files are there, empty: a `stat` each, no download.
+    let handback: Vec<_> = fake
+        .log()
+        .into_iter()
+        .filter(|e| {
+            e.query.contains("firecrest-ci-output") || e.query.contains("firecrest-ci-summary")
+        })
+        .map(|e| e.route)
+        .collect();
+    assert_eq!(handback, [Route::OpsStat, Route::OpsStat], "{}", out.both());
 }
 
 #[test]

@@ -54,6 +54,11 @@ impl FirecrestBackend {
         let mut file = tokio::fs::File::create(local)
             .await
             .with_context(|| format!("failed to create {}", local.display()))?;
+        if size == 0 {
+            // Nothing to fetch (the job's step-output files, at the end of
+            // most runs): one round trip fewer.
+            return Ok(true);
+        }
         if size <= transfer::direct_download_limit(facts.max_ops_file_size) {
             self.client.download_to(remote, &mut file).await?;
             return Ok(true);
