@@ -513,9 +513,12 @@ impl<'a> Watcher<'a> {
     }
 
     /// After the job ended: when the script's last line was shown, the files
-    /// are complete; otherwise (a job killed before its epilogue ended) read
-    /// until they stay quiet, as Slurm may still be flushing. Then show any
-    /// held-back partial character.
+    /// are complete; otherwise (a job killed before its epilogue ended, or a
+    /// backlog not yet read) read until they stay quiet, as Slurm may still
+    /// be flushing. A backlog (a read that stopped at its budget) is read on
+    /// to its end however long that takes; `drain_max` bounds only a file
+    /// that keeps growing slowly after the job. Then show any held-back
+    /// partial character.
     pub async fn drain(&mut self) -> Result<()> {
         let started = Instant::now();
         let mut quiet_since = Instant::now();
@@ -524,13 +527,16 @@ impl<'a> Watcher<'a> {
             if got > 0 {
                 quiet_since = Instant::now();
             }
+            let backlog = self.files.iter().any(|file| file.more);
             if self.script_ended
                 || quiet_since.elapsed() >= self.settings.drain_quiet
-                || started.elapsed() >= self.settings.drain_max
+                || (started.elapsed() >= self.settings.drain_max && !backlog)
             {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !backlog {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         if self.script_ended {
             // The first file ends with the script's last line: it is whole,
@@ -649,6 +655,8 @@ mod tests {
         writes: Vec<(f64, Vec<u8>)>,
         /// A read returns at most this many bytes (and says there is more).
         read_limit: usize,
+        /// A read takes this many seconds.
+        read_takes: f64,
         calls: std::sync::Mutex<Vec<(f64, Call)>>,
         /// Stands for the client's token lock, which every request takes.
         token: tokio::sync::Mutex<()>,
@@ -674,6 +682,7 @@ mod tests {
                 states: Vec::new(),
                 writes: Vec::new(),
                 read_limit: usize::MAX,
+                read_takes: 0.0,
                 calls: Default::default(),
                 token: tokio::sync::Mutex::new(()),
                 state_holds_token: None,
@@ -807,6 +816,7 @@ mod tests {
             _: bool,
         ) -> Result<crate::backend::OutputChunk> {
             drop(self.token.lock().await);
+            tokio::time::sleep(Duration::from_secs_f64(self.read_takes)).await;
             let file = self.file();
             let rest = &file[(offset as usize).min(file.len())..];
             let data = rest[..rest.len().min(self.read_limit)].to_vec();
@@ -1145,6 +1155,40 @@ mod tests {
         let calls = job.calls();
         let last_state = calls.iter().rposition(|(_, c)| *c == Call::State).unwrap();
         assert_eq!(&calls[last_state + 1..], &[], "{calls:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_still_being_read_after_the_job_ended_is_read_whole() {
+        // 20 kB printed at the end, read 100 bytes a second: minutes of
+        // reading after the job ended, far past `drain_max`.
+        let mut job = Scripted::new()
+            .state(0.0, "RUNNING", None)
+            .write(0.5, STARTED)
+            .write(1.0, &[b'y'; 20_000])
+            .write(1.0, b"\n")
+            .ends(1.0);
+        job.read_limit = 100;
+        job.read_takes = 1.0;
+        let shown = Shown::default();
+        let files = vec![OutputFile::new("job.out")];
+        let settings = WatchSettings::default();
+        let drain_max = settings.drain_max.as_secs_f64();
+        let mut watcher = Watcher::new(&job, &shown, None, settings, files);
+        let (_keep, mut stop) = watch::channel(None);
+        let end = watcher
+            .watch(&JobId("1".into()), &mut stop, None)
+            .await
+            .unwrap();
+        assert_eq!(finished(&end), "COMPLETED");
+        // The watch drains at its end: here far past `drain_max`.
+        assert!(job.now() > drain_max + 1.0, "{}", job.now());
+        assert_eq!(watcher.files[0].missing, None);
+        let text = String::from_utf8(shown.0.into_inner().unwrap()).unwrap();
+        assert!(
+            text.contains(&format!("{}\n", "y".repeat(20_000))),
+            "{text}"
+        );
+        assert!(text.ends_with("(exit status 0)\n"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]
