@@ -1084,18 +1084,18 @@ mod tests {
         let job = Scripted::new()
             .state(0.0, "RUNNING", None)
             .write(0.5, STARTED)
-            .ends(2.6);
+            .ends(2.2);
         let (end, _) = watch(&job).await;
         assert_eq!(finished(&end), "COMPLETED");
         let reads = job.output_reads();
         let first = reads.iter().copied().find(|t| *t >= 0.5).unwrap();
         // Quiet, yet read every 0.3 s: the end is seen within 0.3 s.
         assert!(
-            largest_gap(&reads, first, 2.6) <= schedule::FIRST_READ_AFTER.as_secs_f64() + 1e-6,
+            largest_gap(&reads, first, 2.2) <= schedule::FIRST_READ_AFTER.as_secs_f64() + 1e-6,
             "{reads:?}"
         );
-        let seen_end = reads.iter().copied().find(|t| *t >= 2.6).unwrap();
-        assert!(seen_end - 2.6 <= 0.3 + 1e-6, "{reads:?}");
+        let seen_end = reads.iter().copied().find(|t| *t >= 2.2).unwrap();
+        assert!(seen_end - 2.2 <= 0.3 + 1e-6, "{reads:?}");
         // A job that goes on quietly: after `SHORT_JOB` the reads back off.
         let long = Scripted::new()
             .state(0.0, "RUNNING", None)
@@ -1114,7 +1114,7 @@ mod tests {
             .filter(|t| (short_end..20.0).contains(*t))
             .count();
         assert!(
-            during >= 9,
+            during >= 6,
             "{during} reads in the first seconds: {reads:?}"
         );
         assert!(

@@ -16,7 +16,8 @@ pub(super) const FIRST_READ_AFTER: Duration = Duration::from_millis(300);
 /// For this long after the output began, it is read every
 /// [`FIRST_READ_AFTER`]: a short job (unpacking the workspace, a quick
 /// test) ends within seconds of its prologue, and its end is seen at once.
-pub(super) const SHORT_JOB: Duration = Duration::from_secs(3);
+/// (2 s: about 4 reads more than backing off would cost, every job.)
+pub(super) const SHORT_JOB: Duration = Duration::from_secs(2);
 
 /// Before the job is seen running, its state is read at least this often:
 /// the queue state and reason of a pending job are worth showing.

@@ -150,7 +150,7 @@ fn multibyte_characters_and_invalid_bytes_across_pieces_are_shown_exactly() {
 }
 
 /// A run whose output reads are refused (403) from shortly after the job
-/// started until after it ended.
+/// started (once a read showed some of it) until after it ended.
 fn unshowable(name: &str, commands: &str) -> (FakeFirecrest, Setup, Outcome) {
     let fake = FakeFirecrest::start();
     let mut setup = Setup::firecrest(&fake, name, commands);
@@ -161,6 +161,7 @@ fn unshowable(name: &str, commands: &str) -> (FakeFirecrest, Setup, Outcome) {
         .iter()
         .any(|e| e.route.is_text_read()
             && e.status == 200
+            && e.output_len > 0
             && e.query.contains("job.out"))));
     fake.deny_reads("job.out", 403, Window::now_for(Duration::from_secs(600)));
     let out = crate::harness::wait(child, LIMIT, std::time::Instant::now());
