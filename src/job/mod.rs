@@ -859,6 +859,12 @@ mod tests {
     /// Watches the scripted job with the default settings until it ends;
     /// the end and what was shown.
     async fn watch(job: &Scripted) -> (WatchEnd, String) {
+        let (end, text, _) = watch_noting_missing(job).await;
+        (end, text)
+    }
+
+    /// [`watch`], with what the watcher found missing from `job.out`.
+    async fn watch_noting_missing(job: &Scripted) -> (WatchEnd, String, Option<Missing>) {
         let shown = Shown::default();
         let files = vec![OutputFile::new("job.out")];
         let mut watcher = Watcher::new(job, &shown, None, WatchSettings::default(), files);
@@ -867,8 +873,9 @@ mod tests {
             .watch(&JobId("1".into()), &mut stop, None)
             .await
             .unwrap();
+        let missing = watcher.files[0].missing.clone();
         let text = String::from_utf8(shown.0.into_inner().unwrap()).unwrap();
-        (end, text)
+        (end, text, missing)
     }
 
     fn finished(end: &WatchEnd) -> String {
@@ -1169,21 +1176,12 @@ mod tests {
             .ends(1.0);
         job.read_limit = 100;
         job.read_takes = 1.0;
-        let shown = Shown::default();
-        let files = vec![OutputFile::new("job.out")];
-        let settings = WatchSettings::default();
-        let drain_max = settings.drain_max.as_secs_f64();
-        let mut watcher = Watcher::new(&job, &shown, None, settings, files);
-        let (_keep, mut stop) = watch::channel(None);
-        let end = watcher
-            .watch(&JobId("1".into()), &mut stop, None)
-            .await
-            .unwrap();
+        let drain_max = WatchSettings::default().drain_max.as_secs_f64();
+        let (end, text, missing) = watch_noting_missing(&job).await;
         assert_eq!(finished(&end), "COMPLETED");
         // The watch drains at its end: here far past `drain_max`.
         assert!(job.now() > drain_max + 1.0, "{}", job.now());
-        assert_eq!(watcher.files[0].missing, None);
-        let text = String::from_utf8(shown.0.into_inner().unwrap()).unwrap();
+        assert_eq!(missing, None);
         assert!(
             text.contains(&format!("{}\n", "y".repeat(20_000))),
             "{text}"
