@@ -323,7 +323,7 @@ pub const POLL_INTERVAL: InputSpec = input(
         "poll-interval",
         "FIRECREST_POLL_INTERVAL",
         "",
-        "45s",
+        "60s",
         "how often the job state is read while the job runs and its output says nothing of its end (a safety net)",
     );
 /// `FIRECREST_LOG_INTERVAL`.

@@ -146,8 +146,10 @@ impl Default for PollSettings {
         Self {
             // A job killed with its node prints nothing more: this is how
             // long such a job may go unnoticed. Markers in the output say
-            // everything else, so this costs little (1.3 reads a minute).
-            state_interval: Duration::from_secs(45),
+            // everything else, so this costs little (one read a minute; 45 s
+            // made a 10-minute silent job cost 10.1 requests a minute, over
+            // issue 12's 10; the issue asks for 30-60 s).
+            state_interval: Duration::from_secs(60),
             log_interval: Duration::from_secs(1),
             // A burst after a quiet stretch is shown within this (plus one
             // read): issue 12's line-delay target is a 95th percentile of
@@ -688,7 +690,7 @@ mod tests {
         assert_eq!(c.log_level, "info");
         assert_eq!(c.log_file, fx.ws.join("firecrest-ci.log"));
         assert!(!c.separate_stderr);
-        assert_eq!(c.poll.state_interval, Duration::from_secs(45));
+        assert_eq!(c.poll.state_interval, Duration::from_secs(60));
         assert_eq!(c.poll.log_interval, Duration::from_secs(1));
         assert_eq!(c.poll.log_max_interval, Duration::from_millis(2500));
         assert_eq!(c.poll.submit_grace, Duration::from_secs(120));
