@@ -37,11 +37,49 @@ pub enum TransferThreshold {
     Above(u64),
 }
 
-/// What the S3 way costs before its bytes count: FirecREST's transfer job
-/// starts (about 1 s) and, finding the object incomplete (it looks before
-/// the parts are up on an idle cluster), sleeps 60 s before it looks again
-/// (the server's `job_s3_downloader.sh`; issue 16).
-pub const S3_PICKUP: Duration = Duration::from_secs(61);
+/// FirecREST's transfer job for an S3 upload first looks for the object
+/// when it starts, about 1 s after the request on an idle cluster ...
+pub const S3_FIRST_LOOK: Duration = Duration::from_secs(1);
+
+/// ... and, finding it incomplete, sleeps this long before it looks again
+/// (the server's `job_s3_downloader.sh`: `sleep 60` between HEAD requests;
+/// issue 16).
+pub const S3_RECHECK: Duration = Duration::from_secs(60);
+
+/// How the S3 way spends time: when FirecREST's transfer job looks for
+/// the object, and how fast S3 takes it. One value for the real server
+/// ([`S3Timing::REAL`]); tests give a quicker one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct S3Timing {
+    /// The transfer job's first look, from the upload request.
+    pub first_look: Duration,
+    /// Between its looks.
+    pub recheck: Duration,
+    /// Bytes per second S3 is expected to take (not measured before S3 is
+    /// used).
+    pub rate: f64,
+}
+
+impl S3Timing {
+    /// FirecREST v2 2.5.6 and its S3, as measured in issue 16.
+    pub const REAL: S3Timing = S3Timing {
+        first_look: S3_FIRST_LOOK,
+        recheck: S3_RECHECK,
+        rate: S3_ASSUMED_RATE,
+    };
+
+    /// What the S3 way costs before its bytes count: the transfer job's
+    /// first look comes before the parts are up, so the object is found at
+    /// its second (61 s on the real server).
+    pub fn pickup(&self) -> f64 {
+        (self.first_look + self.recheck).as_secs_f64()
+    }
+
+    /// The `k`th look of the transfer job, in seconds from the request.
+    fn look(&self, k: u32) -> f64 {
+        self.first_look.as_secs_f64() + f64::from(k) * self.recheck.as_secs_f64()
+    }
+}
 
 /// S3's rate is not known before S3 is used: assume what the real server's
 /// S3 did in issue 16 (a 61 MB archive up in about 1 s: 2.7 s to
@@ -72,13 +110,14 @@ pub enum RestWay {
 /// Chooses the way for the rest of the archive. `total`: its final size
 /// once packing ended;
 /// `remaining`: bytes not yet given to a part; `rate`: bytes per second the
-/// direct parts moved, once measured. `s3`: the server has S3. An S3 upload
+/// direct parts moved, once measured. `s3`: how the server's S3 way spends
+/// time, if it has one. An S3 upload
 /// needs the size of what it carries up front, so S3 is chosen only once
 /// `total` is known. The overrides (`always-s3`, a size) choose for the whole
 /// archive, so they start no part before packing ended.
 pub fn rest_way(
     threshold: TransferThreshold,
-    s3: bool,
+    s3: Option<&S3Timing>,
     total: Option<u64>,
     remaining: u64,
     rate: Option<f64>,
@@ -89,15 +128,15 @@ pub fn rest_way(
         RestWay::Wait
     };
     match threshold {
-        _ if !s3 || remaining == 0 => RestWay::Parts,
+        _ if s3.is_none() || remaining == 0 => RestWay::Parts,
         TransferThreshold::Never => RestWay::Parts,
         // A size names the whole archive's way: it is known once packed.
         TransferThreshold::AlwaysS3 => s3_when_known,
         TransferThreshold::Above(_) if total.is_none() => RestWay::Wait,
         TransferThreshold::Above(limit) if total > Some(limit) => RestWay::S3,
         TransferThreshold::Above(_) => RestWay::Parts,
-        TransferThreshold::Auto => match (total, rate) {
-            (Some(_), Some(rate)) if s3_saves_time(remaining, rate) => RestWay::S3,
+        TransferThreshold::Auto => match (total, rate, s3) {
+            (Some(_), Some(rate), Some(s3)) if s3_saves_time(remaining, rate, s3) => RestWay::S3,
             _ => RestWay::Parts,
         },
     }
@@ -105,13 +144,56 @@ pub fn rest_way(
 
 /// Whether `remaining` bytes at the measured direct `rate` would take
 /// clearly longer than S3 at its assumed rate plus its pickup:
-/// `remaining / rate > S3_MARGIN * (S3_PICKUP + remaining / S3_ASSUMED_RATE)`.
+/// `remaining / rate > S3_MARGIN * (pickup + remaining / s3.rate)`.
 /// With parts at 35 MB/s that is above about 10 GB; at 5 MB/s above about
-/// 430 MB.
-pub fn s3_saves_time(remaining: u64, rate: f64) -> bool {
+/// 430 MB (on [`S3Timing::REAL`]).
+pub fn s3_saves_time(remaining: u64, rate: f64, s3: &S3Timing) -> bool {
     let parts = remaining as f64 / rate.max(1.0);
-    let s3 = S3_PICKUP.as_secs_f64() + remaining as f64 / S3_ASSUMED_RATE;
-    parts > S3_MARGIN * s3
+    let staged = s3.pickup() + remaining as f64 / s3.rate.max(1.0);
+    parts > S3_MARGIN * staged
+}
+
+/// Once S3 carries the rest of the archive, how many of its first bytes go
+/// up in direct parts at the same time, so that the S3 object is ready for
+/// an earlier look of the transfer job (issue 16: "spend the 60 s well").
+///
+/// The transfer job looks at `s3.first_look` after the request and then
+/// every `s3.recheck`; S3 is expected at `s3.rate` with [`S3_MARGIN`], the
+/// parts at their measured `part_rate`. For each look,
+/// S3 takes as much as it can have up by then and the parts the rest; the
+/// look with the earliest expected end wins (ties: the earlier look, less
+/// for the parts). Whole parts of `part_size` only, rounded down: S3 takes
+/// less than a part more than planned, well within its margin.
+///
+/// This is never worse than S3 alone: S3's share is smaller, so its object
+/// is complete no later; when both ways share one link, the link carries
+/// the same bytes as before. It only pays once S3 alone would miss a look,
+/// that is when the rest takes S3 longer than about 60 s (3.6 GB at
+/// 60 MB/s): with parts at 15 MB/s, 4 GB are ready at the 61 s look
+/// instead of the 121 s one. Below that it returns 0.
+pub fn direct_share_beside_s3(
+    remaining: u64,
+    part_rate: f64,
+    part_size: u64,
+    s3: &S3Timing,
+) -> u64 {
+    let part_rate = part_rate.max(1.0);
+    let part_size = part_size.max(1);
+    let mut best: Option<(f64, u64)> = None;
+    // The server's transfer job gives up after 1,440 looks (a day).
+    for k in 0..1440 {
+        let look = s3.look(k);
+        let staged = ((look * s3.rate / S3_MARGIN) as u64).min(remaining);
+        let direct = (remaining - staged) / part_size * part_size;
+        let end = look.max(direct as f64 / part_rate);
+        if best.is_none_or(|(best_end, _)| end < best_end) {
+            best = Some((end, direct));
+        }
+        if staged == remaining {
+            break;
+        }
+    }
+    best.map_or(0, |(_, direct)| direct)
 }
 
 /// The way an archive of a given size goes up.
@@ -612,11 +694,42 @@ mod tests {
     }
 
     #[test]
+    fn parts_go_beside_s3_only_when_that_makes_an_earlier_look_of_the_transfer_job() {
+        const MB: u64 = 1_000_000;
+        let part = 5 * MB;
+        let real = S3Timing::REAL;
+        // S3 alone is ready for the 61 s look (48 MB/s with the margin:
+        // 2.9 GB by then): nothing to gain, nothing beside it.
+        assert_eq!(direct_share_beside_s3(2_000 * MB, 15e6, part, &real), 0);
+        assert_eq!(direct_share_beside_s3(16 * MB, 150e3, part, &real), 0);
+        // 4 GB would take S3 83 s (with the margin): the 121 s look. With
+        // the parts at 15 MB/s taking 1.07 GB, S3's 2.93 GB are ready for
+        // the 61 s look, and the parts are up at 72 s.
+        let direct = direct_share_beside_s3(4_000 * MB, 15e6, part, &real);
+        assert_eq!(direct % part, 0, "whole parts");
+        let s3 = 4_000 * MB - direct;
+        // (S3 carries at most one part more than planned: whole parts.)
+        assert!(
+            (s3 - part) as f64 * S3_MARGIN / S3_ASSUMED_RATE <= 61.0,
+            "{s3}"
+        );
+        assert!((1_000 * MB..1_200 * MB).contains(&direct), "{direct}");
+        // Parts too slow to help before the look S3 alone makes: none.
+        assert_eq!(direct_share_beside_s3(4_000 * MB, 1e6, part, &real), 0);
+        // 12 GB with parts at 35 MB/s (where `auto` first takes S3): S3
+        // alone makes the 241 s look; beside 35 MB/s of parts, S3's 5.8 GB
+        // make the 121 s one and the parts end at about 177 s.
+        let direct = direct_share_beside_s3(12_000 * MB, 35e6, part, &real);
+        let end = (direct as f64 / 35e6).max(121.0);
+        assert!(end < 200.0, "{direct} bytes beside S3: {end:.0} s");
+    }
+
+    #[test]
     fn auto_uses_s3_only_when_the_parts_would_take_clearly_longer() {
         let auto = |remaining: u64, rate: f64| {
             rest_way(
                 TransferThreshold::Auto,
-                true,
+                Some(&S3Timing::REAL),
                 Some(remaining),
                 remaining,
                 Some(rate),
@@ -634,29 +747,59 @@ mod tests {
         assert_eq!(auto(16_000_000, 150e3), RestWay::S3);
         assert_eq!(auto(16_000_000, 1e6), RestWay::Parts);
         // Not measured yet, or the size not known yet: keep going with parts.
-        let early = rest_way(TransferThreshold::Auto, true, None, 9, Some(1.0));
+        let early = rest_way(
+            TransferThreshold::Auto,
+            Some(&S3Timing::REAL),
+            None,
+            9,
+            Some(1.0),
+        );
         assert_eq!(early, RestWay::Parts);
-        let unmeasured = rest_way(TransferThreshold::Auto, true, Some(9), 9, None);
+        let unmeasured = rest_way(
+            TransferThreshold::Auto,
+            Some(&S3Timing::REAL),
+            Some(9),
+            9,
+            None,
+        );
         assert_eq!(unmeasured, RestWay::Parts);
         // Without S3 on the server, parts whatever the rate.
-        let no_s3 = rest_way(TransferThreshold::Auto, false, Some(9), 9, Some(1.0));
+        let no_s3 = rest_way(TransferThreshold::Auto, None, Some(9), 9, Some(1.0));
         assert_eq!(no_s3, RestWay::Parts);
     }
 
     #[test]
     fn overrides_choose_by_size_and_wait_for_it_when_s3_is_due() {
         use TransferThreshold::*;
-        assert_eq!(rest_way(Never, true, Some(9), 9, Some(1.0)), RestWay::Parts);
-        assert_eq!(rest_way(AlwaysS3, true, None, 9, None), RestWay::Wait);
-        assert_eq!(rest_way(AlwaysS3, true, Some(9), 9, None), RestWay::S3);
-        assert_eq!(rest_way(Above(100), true, None, 50, None), RestWay::Wait);
-        assert_eq!(rest_way(Above(100), true, Some(200), 50, None), RestWay::S3);
         assert_eq!(
-            rest_way(Above(100), true, Some(90), 50, None),
+            rest_way(Never, Some(&S3Timing::REAL), Some(9), 9, Some(1.0)),
+            RestWay::Parts
+        );
+        assert_eq!(
+            rest_way(AlwaysS3, Some(&S3Timing::REAL), None, 9, None),
+            RestWay::Wait
+        );
+        assert_eq!(
+            rest_way(AlwaysS3, Some(&S3Timing::REAL), Some(9), 9, None),
+            RestWay::S3
+        );
+        assert_eq!(
+            rest_way(Above(100), Some(&S3Timing::REAL), None, 50, None),
+            RestWay::Wait
+        );
+        assert_eq!(
+            rest_way(Above(100), Some(&S3Timing::REAL), Some(200), 50, None),
+            RestWay::S3
+        );
+        assert_eq!(
+            rest_way(Above(100), Some(&S3Timing::REAL), Some(90), 50, None),
             RestWay::Parts
         );
         // Nothing left: nothing to choose.
-        assert_eq!(rest_way(AlwaysS3, true, Some(9), 0, None), RestWay::Parts);
+        assert_eq!(
+            rest_way(AlwaysS3, Some(&S3Timing::REAL), Some(9), 0, None),
+            RestWay::Parts
+        );
     }
 
     #[test]

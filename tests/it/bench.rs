@@ -231,24 +231,92 @@ fn bench_output() {
 /// One whole run of the workspace at `workspace` on a latency-mode double;
 /// seconds, the way the upload took, and the tool's peak RSS in KiB.
 fn bench_upload_run(workspace: &std::path::Path, threshold: &str) -> (f64, &'static str, u64) {
-    use crate::fake::Settings;
-    let fake = FakeFirecrest::start_with(Settings::latency());
-    let mut setup = Setup::firecrest(&fake, "bench-upload", "echo bench-done");
+    let fake = FakeFirecrest::start_with(crate::fake::Settings::latency());
+    let (out, rss) = bench_upload_on(&fake, workspace, threshold, &crate::harness::binary());
+    (out.elapsed.as_secs_f64(), upload_way(&fake), rss)
+}
+
+/// One whole run of `binary` uploading `workspace` to `fake`; its outcome
+/// and peak RSS.
+fn bench_upload_on(
+    fake: &FakeFirecrest,
+    workspace: &std::path::Path,
+    threshold: &str,
+    binary: &std::path::Path,
+) -> (crate::harness::Outcome, u64) {
+    let mut setup = Setup::firecrest(fake, "bench-upload", "echo bench-done");
     setup
         .set("FIRECREST_WORKSPACE", workspace.display().to_string())
         .set("FIRECREST_TRANSFER_THRESHOLD", threshold);
     let started = Instant::now();
-    let child = setup.spawn();
+    let child = setup.spawn_binary(binary);
     let (out, rss) =
         crate::harness::wait_sampling_peak_rss(child, std::time::Duration::from_secs(900), started);
     assert_eq!(out.code, 0, "{}", out.both());
     assert!(out.stdout.contains("bench-done"), "{}", out.both());
-    let way = if fake.count(Route::TransferUpload) > 0 {
+    (out, rss)
+}
+
+fn upload_way(fake: &FakeFirecrest) -> &'static str {
+    if fake.count(Route::TransferUpload) > 0 {
         "s3"
     } else {
         "parts"
-    };
-    (out.elapsed.as_secs_f64(), way, rss)
+    }
+}
+
+/// Issue 16's "spend the 60 s well": a workspace of `FCI_BENCH_BESIDE_GB`
+/// (default 5) GB of random data on the latency-mode double with direct
+/// parts at 15 MB/s (a slower server than the loopback one), where S3 alone
+/// would miss the transfer job's 61 s look. End to end, with this build and,
+/// when `FCI_BENCH_PREVIOUS` names one, a previous build of the tool (which
+/// sent nothing beside S3); and when the batch job was submitted (that is,
+/// when both ways were up).
+#[test]
+#[ignore = "a benchmark: run it with bench/run"]
+fn bench_upload_beside_s3() {
+    use crate::fake::Settings;
+    use crate::harness::random_file;
+    let gb: usize = std::env::var("FCI_BENCH_BESIDE_GB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..gb {
+        random_file(&dir.path().join(format!("blob{i}.bin")), 1_000_000_000);
+    }
+    let mut builds = vec![("this", crate::harness::binary())];
+    if let Ok(previous) = std::env::var("FCI_BENCH_PREVIOUS") {
+        builds.push(("previous", previous.into()));
+    }
+    for (label, binary) in builds {
+        let fake = FakeFirecrest::start_with(Settings {
+            upload_rate: Some(15_000_000),
+            ..Settings::latency()
+        });
+        let spawned_at = fake.since_start();
+        let (out, _) = bench_upload_on(&fake, dir.path(), "auto", &binary);
+        let log = fake.log();
+        let at = |route: Route| {
+            log.iter()
+                .filter(|e| e.route == route)
+                .map(|e| (e.at - spawned_at).as_secs_f64())
+                .collect::<Vec<_>>()
+        };
+        let staged = at(Route::TransferUpload)
+            .first()
+            .copied()
+            .unwrap_or(f64::NAN);
+        let parts = at(Route::OpsUpload);
+        let beside = parts.iter().filter(|&&t| t > staged).count();
+        let submitted = at(Route::JobSubmit).first().copied().unwrap_or(f64::NAN);
+        println!(
+            "bench_beside_{label} {:.1} {} {gb} {} {beside} {staged:.1} {submitted:.1}",
+            out.elapsed.as_secs_f64(),
+            upload_way(&fake),
+            parts.len(),
+        );
+    }
 }
 
 /// Issue 12's small job: a 1.2 MB workspace (600 kB of text files, 600 kB

@@ -151,7 +151,11 @@ impl Setup {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(binary());
+        self.command_of(&binary())
+    }
+
+    fn command_of(&self, binary: &Path) -> Command {
+        let mut command = Command::new(binary);
         command
             .env_clear()
             .envs(&self.env)
@@ -181,6 +185,13 @@ impl Setup {
     /// Starts the tool; the test decides when it ends.
     pub fn spawn(&self) -> Child {
         self.command().spawn().expect("spawn firecrest-ci")
+    }
+
+    /// Starts another build of the tool (a benchmark's previous release).
+    pub fn spawn_binary(&self, binary: &Path) -> Child {
+        self.command_of(binary)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()))
     }
 }
 

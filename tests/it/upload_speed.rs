@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::fake::{FakeFirecrest, Route, Settings};
+use crate::fake::{FakeFirecrest, JobKind, Route, Settings, Stage};
 use crate::harness::{random_file, Outcome, Setup};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -106,6 +106,43 @@ fn a_failed_transfer_job_shows_its_error_log() {
     assert_eq!(fake.count(Route::TransferUpload), 1, "{}", out.both());
     assert!(out.both().contains(error), "{}", out.both());
     assert!(!out.stdout.contains("should-not-run"), "{}", out.both());
+}
+
+#[test]
+fn a_failed_s3_upload_cancels_its_transfer_job() {
+    // The transfer job would look for the object until its time limit,
+    // holding a node, and its logs would stay.
+    let fake = fake_with_link(None);
+    fake.fail_next(Some(Route::S3Complete), 100, 403, Stage::Before);
+    let mut setup = Setup::firecrest(&fake, "s3-upload-fails", "echo should-not-run");
+    setup.set("FIRECREST_TRANSFER_THRESHOLD", "always-s3");
+    random_file(&setup.path().join("big.bin"), 1_000_000);
+    let out = setup.run(LIMIT);
+    assert_ne!(out.code, 0, "{}", out.both());
+    assert!(!out.stdout.contains("should-not-run"), "{}", out.both());
+    assert!(
+        out.stderr.contains("failed to complete the S3 upload"),
+        "{}",
+        out.stderr
+    );
+    let transfers: Vec<_> = fake
+        .jobs()
+        .into_iter()
+        .filter(|j| j.kind == JobKind::TransferUpload)
+        .collect();
+    assert_eq!(transfers.len(), 1, "{}", out.both());
+    assert!(
+        transfers[0].is_final && transfers[0].state.starts_with("CANCELLED"),
+        "the transfer job is {}\n{}",
+        transfers[0].state,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("cancelled FirecREST's transfer job"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fake.count(Route::JobSubmit), 0, "no batch job");
 }
 
 /// A workspace of 3,000 small text files and 8 MB of random data (and the

@@ -53,6 +53,9 @@ struct SystemFacts {
 pub struct FirecrestBackend {
     client: Client,
     transfer_threshold: TransferThreshold,
+    /// How the server's S3 way spends time (the real server's; tests set a
+    /// quicker one).
+    s3_timing: transfer::S3Timing,
     facts: OnceCell<SystemFacts>,
     snapshots: Mutex<std::collections::HashMap<String, Snapshot>>,
     reads: Mutex<std::collections::HashMap<String, ReadState>>,
@@ -84,6 +87,7 @@ impl FirecrestBackend {
         Self {
             client,
             transfer_threshold,
+            s3_timing: transfer::S3Timing::REAL,
             facts: OnceCell::new(),
             snapshots: Mutex::new(Default::default()),
             reads: Mutex::new(Default::default()),

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::{is_not_found, FirecrestBackend, SystemFacts, PROGRESS_EVERY};
-use crate::backend::JobStatus;
+use crate::backend::{JobId, JobStatus};
 use crate::firecrest::models::TransferJob;
 use crate::outcome::SlurmState;
 use crate::progress::Progress;
@@ -28,6 +28,9 @@ pub(super) struct Transfer {
     error_log: String,
     /// An S3 upload, whose script also leaves an empty `tmp/` beside the logs.
     upload: bool,
+    /// This run cancelled it (its upload failed): its end is no failure to
+    /// report.
+    cancelled: bool,
 }
 
 /// The file names FirecREST gives transfer-job logs: only such files are
@@ -133,7 +136,28 @@ impl FirecrestBackend {
             output_log: job.logs.output_log.clone(),
             error_log: job.logs.error_log.clone(),
             upload,
+            cancelled: false,
         });
+    }
+
+    /// Cancels a transfer job whose upload failed; says so when it cannot.
+    pub(super) async fn cancel_transfer(&self, job: &JobId) {
+        if let Some(transfer) = self
+            .transfers
+            .lock()
+            .await
+            .iter_mut()
+            .find(|t| t.job == job.0)
+        {
+            transfer.cancelled = true;
+        }
+        match self.client.cancel_job(&job.0).await {
+            Ok(()) => tracing::info!("cancelled FirecREST's transfer job {job}: the upload failed"),
+            Err(err) => tracing::warn!(
+                "could not cancel FirecREST's transfer job {job}; it looks for the upload \
+                 until its time limit: {err:#}"
+            ),
+        }
     }
 
     /// Whether a transfer job has ended: `None` while it runs, else what
@@ -146,7 +170,10 @@ impl FirecrestBackend {
         if !status.state.is_final() {
             return Ok(None);
         }
-        if status.state == SlurmState::Completed || !is_transfer_log(&transfer.error_log) {
+        if status.state == SlurmState::Completed
+            || transfer.cancelled
+            || !is_transfer_log(&transfer.error_log)
+        {
             return Ok(Some(None));
         }
         let log = self

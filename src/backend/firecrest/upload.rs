@@ -85,22 +85,7 @@ impl FirecrestBackend {
             let names: Vec<String> = (0..count)
                 .map(|i| transfer::part_name("workspace.tar.gz", i))
                 .collect();
-            let result = for_each_part(ranges, size, |index, range| {
-                let name = names[index].clone();
-                async move {
-                    let bytes = read_range(archive, range.start, range.end - range.start).await?;
-                    self.client
-                        .upload(dir, &name, &UploadSource::Bytes(bytes))
-                        .await
-                        .with_context(|| {
-                            format!(
-                                "failed to upload workspace part {}/{count} to {dir}",
-                                index + 1
-                            )
-                        })
-                }
-            })
-            .await;
+            let result = self.upload_ranges(archive, dir, ranges, &names).await;
             match result {
                 Ok(_) => return Ok(names),
                 Err(err) if is_too_large(&err) && part_size / 2 >= transfer::MIN_PART_SIZE => {
@@ -116,14 +101,46 @@ impl FirecrestBackend {
         }
     }
 
+    /// Uploads each byte range of `archive` as the direct part of the same
+    /// index in `names`, a few at a time.
+    async fn upload_ranges(
+        &self,
+        archive: &Path,
+        dir: &str,
+        ranges: Vec<Range<u64>>,
+        names: &[String],
+    ) -> Result<()> {
+        let count = ranges.len();
+        let total = ranges.iter().map(|r| r.end - r.start).sum();
+        for_each_part(ranges, total, |index, range| async move {
+            let bytes = read_range(archive, range.start, range.end - range.start).await?;
+            self.client
+                .upload(dir, &names[index], &UploadSource::Bytes(bytes))
+                .await
+                .with_context(|| {
+                    format!(
+                        "failed to upload workspace part {} ({}/{count}) to {dir}",
+                        names[index],
+                        index + 1
+                    )
+                })
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Uploads `size` bytes of `archive` from `offset` on through S3 as
-    /// `dir/name`; returns the transfer job that moves them into place.
+    /// `dir/name`, while `beside` (direct parts of the bytes before them)
+    /// runs; returns the transfer job that moves them into place. If either
+    /// fails, the transfer job is cancelled: it would otherwise look for
+    /// the object until its time limit, holding a node.
     async fn upload_staged(
         &self,
         archive: &Path,
         dir: &str,
         (offset, size): (u64, u64),
         name: &str,
+        beside: impl Future<Output = Result<()>>,
     ) -> Result<JobId> {
         let target = format!("{dir}/{name}");
         let reply = self
@@ -132,51 +149,58 @@ impl FirecrestBackend {
             .await
             .context("failed to start the S3-staged upload")?;
         self.note_transfer(&reply.transfer_job, true).await;
-        let directives = reply.transfer_directives;
         let job = JobId(reply.transfer_job.job_id.clone());
-        let part_size = directives
-            .max_part_size
-            .filter(|&s| s > 0)
-            .context("the server's S3 upload directives have no maxPartSize")?;
-        let urls = directives.parts_upload_urls.clone();
-        let ranges: Vec<Range<u64>> = transfer::part_ranges(size, part_size)
-            .into_iter()
-            .map(|r| r.start + offset..r.end + offset)
-            .collect();
-        if urls.len() != ranges.len() {
-            bail!(
-                "the server gave {} S3 part URLs for {} parts of {part_size} bytes",
-                urls.len(),
-                ranges.len()
+        let directives = reply.transfer_directives;
+        let staged = async {
+            let part_size = directives
+                .max_part_size
+                .filter(|&s| s > 0)
+                .context("the server's S3 upload directives have no maxPartSize")?;
+            let urls = &directives.parts_upload_urls;
+            let ranges: Vec<Range<u64>> = transfer::part_ranges(size, part_size)
+                .into_iter()
+                .map(|r| r.start + offset..r.end + offset)
+                .collect();
+            if urls.len() != ranges.len() {
+                bail!(
+                    "the server gave {} S3 part URLs for {} parts of {part_size} bytes",
+                    urls.len(),
+                    ranges.len()
+                );
+            }
+            tracing::info!(
+                "uploading {} through S3 in {} parts (transfer job {job})",
+                crate::progress::format_bytes(size),
+                urls.len()
             );
+            let count = urls.len();
+            let mut etags: Vec<(u32, String)> =
+                for_each_part(ranges, size, |index, range| async move {
+                    let bytes = read_range(archive, range.start, range.end - range.start).await?;
+                    let etag = self
+                        .client
+                        .s3_put_part(&urls[index], bytes)
+                        .await
+                        .with_context(|| {
+                            format!("failed to upload S3 part {}/{count}", index + 1)
+                        })?;
+                    anyhow::Ok((index as u32 + 1, etag))
+                })
+                .await?;
+            etags.sort();
+            let complete = directives
+                .complete_upload_url
+                .as_deref()
+                .context("the server's S3 upload directives have no completeUploadUrl")?;
+            self.client
+                .s3_complete_upload(complete, &etags)
+                .await
+                .context("failed to complete the S3 upload")
+        };
+        if let Err(err) = tokio::try_join!(beside, staged) {
+            self.cancel_transfer(&job).await;
+            return Err(err);
         }
-        tracing::info!(
-            "uploading {} through S3 in {} parts (transfer job {job})",
-            crate::progress::format_bytes(size),
-            urls.len()
-        );
-        let count = urls.len();
-        let urls = &urls;
-        let mut etags: Vec<(u32, String)> =
-            for_each_part(ranges, size, |index, range| async move {
-                let bytes = read_range(archive, range.start, range.end - range.start).await?;
-                let etag = self
-                    .client
-                    .s3_put_part(&urls[index], bytes)
-                    .await
-                    .with_context(|| format!("failed to upload S3 part {}/{count}", index + 1))?;
-                anyhow::Ok((index as u32 + 1, etag))
-            })
-            .await?;
-        etags.sort();
-        let complete = directives
-            .complete_upload_url
-            .as_deref()
-            .context("the server's S3 upload directives have no completeUploadUrl")?;
-        self.client
-            .s3_complete_upload(complete, &etags)
-            .await
-            .context("failed to complete the S3 upload")?;
         tracing::info!(
             "waiting for FirecREST's transfer job {job} to pick up the upload \
              (it re-checks every 60 s); the batch job starts once it has"
@@ -227,7 +251,7 @@ impl FirecrestBackend {
             }
             let way = transfer::rest_way(
                 self.transfer_threshold,
-                facts.s3,
+                facts.s3.then_some(&self.s3_timing),
                 total,
                 remaining,
                 meter.rate(),
@@ -237,21 +261,45 @@ impl FirecrestBackend {
                     progress.advance(done?);
                 }
                 progress.finish();
+                // Direct parts beside S3 only where the rate was measured
+                // (the overrides choose S3 for the whole archive).
+                let beside = meter.rate().map_or(0, |rate| {
+                    transfer::direct_share_beside_s3(remaining, rate, part_size, &self.s3_timing)
+                });
                 if let Some(rate) = meter.rate() {
+                    let beside_note = if beside > 0 {
+                        format!(
+                            "; {} of them in direct parts at the same time, so that S3's \
+                             share is ready for an earlier look of the transfer job",
+                            crate::progress::format_bytes(beside)
+                        )
+                    } else {
+                        String::new()
+                    };
                     tracing::info!(
                         "direct parts move {}/s: the remaining {} go through S3 (expected \
-                         faster even with the transfer job's 60 s re-check)",
+                         faster even with the transfer job's 60 s re-check){beside_note}",
                         crate::progress::format_bytes(rate as u64),
                         crate::progress::format_bytes(remaining)
                     );
                 }
+                let middle: Vec<Range<u64>> = transfer::part_ranges(beside, part_size)
+                    .into_iter()
+                    .map(|r| r.start + committed..r.end + committed)
+                    .collect();
+                let first = names.len();
+                names.extend(
+                    (0..middle.len()).map(|i| transfer::part_name("workspace.tar.gz", first + i)),
+                );
                 let name = if names.is_empty() {
                     "workspace.tar.gz".to_string()
                 } else {
                     transfer::part_name("workspace.tar.gz", names.len())
                 };
+                let s3_from = committed + beside;
+                let middle = self.upload_ranges(path, dir, middle, &names[first..]);
                 let job = self
-                    .upload_staged(path, dir, (committed, remaining), &name)
+                    .upload_staged(path, dir, (s3_from, remaining - beside), &name, middle)
                     .await?;
                 names.push(name);
                 return Ok(StagedWorkspace {
@@ -397,6 +445,137 @@ mod tests {
         fn matches(&self, request: &Request) -> bool {
             request.body.len() > self.0
         }
+    }
+
+    /// Answers `transfer/upload` with one presigned URL per S3 part of the
+    /// size asked for, on the same server.
+    struct StagedUpload(String);
+
+    impl wiremock::Respond for StagedUpload {
+        fn respond(&self, request: &Request) -> ResponseTemplate {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            let size = body["transferDirectives"]["fileSize"].as_u64().unwrap();
+            let parts = size.div_ceil(S3_PART);
+            let urls: Vec<String> = (1..=parts)
+                .map(|n| format!("{}/s3/obj?partNumber={n}", self.0))
+                .collect();
+            let mut reply = recorded("transfer_upload.json", 0);
+            reply["transferDirectives"]["partsUploadUrls"] = serde_json::json!(urls);
+            reply["transferDirectives"]["completeUploadUrl"] =
+                serde_json::json!(format!("{}/s3/obj?uploadId=1", self.0));
+            reply["transferDirectives"]["maxPartSize"] = serde_json::json!(S3_PART);
+            ResponseTemplate::new(201).set_body_json(reply)
+        }
+    }
+
+    const S3_PART: u64 = 1 << 20;
+
+    #[tokio::test]
+    async fn direct_parts_go_up_beside_s3_when_s3_alone_would_miss_a_look() {
+        let server = MockServer::start().await;
+        let mut backend = backend(&server).await;
+        // Parts of 124 KiB, each taking 0.2 s (about 2.5 MB/s with four in
+        // flight); S3 expected at 5 MB/s; the transfer job looks at 0.1 s and
+        // then every 0.3 s. The 7.5 MB left after the first four parts
+        // would take S3 alone until the 1.9 s look; beside about 2 MB of
+        // parts, S3's share makes the 1.3 s one.
+        backend.transfer_threshold = transfer::TransferThreshold::Auto;
+        backend.s3_timing = transfer::S3Timing {
+            first_look: std::time::Duration::from_millis(100),
+            recheck: std::time::Duration::from_millis(300),
+            rate: 5e6,
+        };
+        let mut systems = recorded("systems.json", 1);
+        systems["systems"][0]["dataOperation"]["max_ops_file_size"] = serde_json::json!(128 * 1024);
+        Mock::given(method("GET"))
+            .and(path("/status/systems"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(systems))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/filesystem/daint/ops/upload"))
+            .respond_with(
+                ResponseTemplate::new(204).set_delay(std::time::Duration::from_millis(200)),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/filesystem/daint/transfer/upload"))
+            .respond_with(StagedUpload(server.uri()))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("PUT"))
+            .and(path("/s3/obj"))
+            .respond_with(ResponseTemplate::new(200).insert_header("ETag", "\"e\""))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/s3/obj"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("workspace.tar.gz");
+        let bytes: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&archive, &bytes).unwrap();
+        let staged = backend
+            .upload_workspace(&archive, "/scratch/ciuser/run")
+            .await
+            .unwrap();
+
+        let requests = server.received_requests().await.unwrap();
+        let is = |r: &Request, m: &str, p: &str| r.method.as_str() == m && r.url.path() == p;
+        let staged_at = requests
+            .iter()
+            .position(|r| is(r, "POST", "/filesystem/daint/transfer/upload"))
+            .expect("S3 was used");
+        let body: serde_json::Value = serde_json::from_slice(&requests[staged_at].body).unwrap();
+        let s3_size = body["transferDirectives"]["fileSize"].as_u64().unwrap();
+        let direct: Vec<&Request> = requests
+            .iter()
+            .filter(|r| is(r, "POST", "/filesystem/daint/ops/upload"))
+            .collect();
+        let beside = requests[staged_at..]
+            .iter()
+            .filter(|r| is(r, "POST", "/filesystem/daint/ops/upload"))
+            .count();
+        // Whole direct parts, then S3 for the rest: every byte once.
+        let part = transfer::part_size_for(128 * 1024);
+        assert_eq!(direct.len() as u64 * part + s3_size, bytes.len() as u64);
+        assert!(
+            beside > 0 && direct.len() > transfer::RATE_AFTER_PARTS,
+            "{} direct parts, {beside} of them beside S3",
+            direct.len()
+        );
+        let s3_from = bytes.len() - s3_size as usize;
+        let mut puts: Vec<(u64, Vec<u8>)> = requests
+            .iter()
+            .filter(|r| is(r, "PUT", "/s3/obj"))
+            .map(|r| {
+                let n = r
+                    .url
+                    .query_pairs()
+                    .find(|(k, _)| k == "partNumber")
+                    .unwrap()
+                    .1;
+                (n.parse().unwrap(), r.body.clone())
+            })
+            .collect();
+        puts.sort();
+        let s3_bytes: Vec<u8> = puts.into_iter().flat_map(|(_, body)| body).collect();
+        assert!(
+            s3_bytes == bytes[s3_from..],
+            "S3 carries exactly the archive's tail"
+        );
+        // The job reassembles the direct parts in order, then the S3 object.
+        let names: Vec<String> = (0..=direct.len())
+            .map(|i| transfer::part_name("workspace.tar.gz", i))
+            .collect();
+        assert_eq!(staged.parts, names);
+        assert!(staged.transfer_job.is_some());
     }
 
     #[tokio::test]
