@@ -385,17 +385,26 @@ pub fn read_window(window: &str, block: u64, offset: u64, known: Option<&str>) -
 /// The usual output read, for a poll that finds little or no new output:
 /// one bounded `view` request that the server answers with the file from
 /// the read offset on, so no `stat` is needed to know the read is safe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollWindow {
     /// The `size` to send: the server reads `2 * size` bytes from `block`.
     pub size: u64,
     /// Where the server's block starts (a multiple of `size`).
     pub block: u64,
     /// The `offset` to send: `block` plus the characters the server decodes
-    /// between `block` and the read offset, so its character slice starts
-    /// exactly at the read offset.
+    /// between `block` and the read offset, less those of `echo`, so its
+    /// character slice starts with `echo` and then exactly at the read
+    /// offset.
     pub offset: u64,
+    /// The last characters already shown, which the reply must start with:
+    /// a reply that starts anywhere else (a server that places `offset`
+    /// otherwise, a file rewritten under the reader) is not trusted.
+    pub echo: String,
 }
+
+/// How many characters already shown a poll window asks for again, to
+/// check where its reply starts.
+pub const POLL_ECHO_CHARS: usize = 16;
 
 /// Windows smaller than this are not worth a request: a read then costs
 /// `stat` and `tail`.
@@ -411,15 +420,21 @@ pub fn poll_window(offset: u64, known: &KnownOutput, max: u64) -> Option<PollWin
         return None;
     }
     let block = offset / size * size;
-    let chars = if block == offset {
-        0
+    let decoded = if block == offset {
+        String::new()
     } else {
-        known.decoded_from(block)?.chars().count() as u64
+        known.decoded_from(block)?
     };
+    let chars = decoded.chars().count();
+    let echo: String = decoded
+        .chars()
+        .skip(chars.saturating_sub(POLL_ECHO_CHARS))
+        .collect();
     Some(PollWindow {
         size,
         block,
-        offset: block + chars,
+        offset: block + (chars - echo.chars().count()) as u64,
+        echo,
     })
 }
 
@@ -447,12 +462,18 @@ pub enum AfterPoll {
 }
 
 /// Reads a poll window's reply (the server's decoding of the file from the
-/// read offset `offset`, at most `window.size` characters of the `2 *
-/// window.size` bytes read from `window.block`). Only the text before the
-/// first replacement is certain. The reply reaches the end of the file
-/// when it stops short of both the character count and the bytes read (a
-/// trailing replacement stands for at most 3 bytes).
+/// read offset `offset`, after the window's echo, at most `window.size`
+/// characters of the `2 * window.size` bytes read from `window.block`).
+/// A reply that does not start with the echo is not trusted. Only the text
+/// before the first replacement is certain. The reply reaches the end of
+/// the file when it stops short of both the character count and the bytes
+/// read (a trailing replacement stands for at most 3 bytes).
 pub fn read_poll(reply: &str, window: &PollWindow, offset: u64) -> PollReading {
+    let Some(reply_after_echo) = reply.strip_prefix(window.echo.as_str()) else {
+        return PollReading::Unsure;
+    };
+    let all_chars = reply.chars().count() as u64;
+    let reply = reply_after_echo;
     let exact = exact_prefix(reply);
     let trimmed = reply.trim_end_matches(char::REPLACEMENT_CHARACTER);
     if trimmed.len() > exact.len() {
@@ -468,8 +489,7 @@ pub fn read_poll(reply: &str, window: &PollWindow, offset: u64) -> PollReading {
     }
     let replaced = reply[exact.len()..].chars().count() as u64;
     let covered = offset + exact.len() as u64 + 3 * replaced;
-    let short =
-        (reply.chars().count() as u64) < window.size && covered < window.block + 2 * window.size;
+    let short = all_chars < window.size && covered < window.block + 2 * window.size;
     let after = match (short, replaced) {
         (false, _) => AfterPoll::More,
         (true, 0) => AfterPoll::End,
@@ -919,6 +939,7 @@ mod tests {
             size: 4096,
             block: 0,
             offset: 0,
+            echo: String::new(),
         };
         let reply = server_view(&cut, 0, 4096);
         assert!(reply.ends_with(char::REPLACEMENT_CHARACTER), "{reply}");
@@ -947,18 +968,54 @@ mod tests {
         let mut known = KnownOutput::default();
         known.push_bytes(0, b"ok\n");
         let window = poll_window(3, &known, MIN_POLL_WINDOW).unwrap();
-        assert_eq!((window.block, window.offset), (0, 3));
+        // The window asks for "ok\n" again, to check where the reply starts.
+        assert_eq!((window.block, window.offset), (0, 0));
+        assert_eq!(window.echo, "ok\n");
         let reply = server_view(&file, window.offset, window.size);
         assert_eq!(read_poll(&reply, &window, 3), PollReading::Unsure);
         // Further in, the exact part before the replacement is kept.
+        let from_start = PollWindow {
+            echo: String::new(),
+            ..window
+        };
         let reply = server_view(&file, 0, window.size);
         assert_eq!(
-            read_poll(&reply, &window, 0),
+            read_poll(&reply, &from_start, 0),
             PollReading::Exact {
                 text: "ok\n".into(),
                 after: AfterPoll::More
             }
         );
+    }
+
+    #[test]
+    fn a_reply_that_does_not_start_where_it_should_is_not_trusted() {
+        let file = "grüße ✓ 日本語\n".repeat(40).into_bytes();
+        let mut known = KnownOutput::default();
+        let offset = 200u64;
+        let offset = (offset..)
+            .find(|&o| std::str::from_utf8(&file[..o as usize]).is_ok())
+            .unwrap();
+        known.push_bytes(0, &file[..offset as usize]);
+        let window = poll_window(offset, &known, MIN_POLL_WINDOW).unwrap();
+        assert_eq!(window.echo.chars().count(), POLL_ECHO_CHARS);
+        // The server as it is: the echo, then the file from the offset on.
+        let reply = server_view(&file, window.offset, window.size);
+        assert_eq!(
+            read_poll(&reply, &window, offset),
+            PollReading::Exact {
+                text: String::from_utf8(file[offset as usize..].to_vec()).unwrap(),
+                after: AfterPoll::End
+            }
+        );
+        // A server that took `offset` as bytes: the reply starts elsewhere.
+        let bytes_view = String::from_utf8_lossy(&file[window.offset as usize..]).to_string();
+        assert_eq!(read_poll(&bytes_view, &window, offset), PollReading::Unsure);
+        // The file rewritten under the reader: other text at the echo.
+        let mut rewritten = file.clone();
+        rewritten[offset as usize - 2] = b'X';
+        let reply = server_view(&rewritten, window.offset, window.size);
+        assert_eq!(read_poll(&reply, &window, offset), PollReading::Unsure);
     }
 
     #[test]

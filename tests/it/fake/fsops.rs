@@ -346,11 +346,17 @@ impl FsCtx {
             (false, false) => (-n, -1),
             (false, true) => (n, -1),
         };
-        Ok(ok(
+        let reply = ok(
             200,
             json!({"content": String::from_utf8_lossy(&content), "contentType": kind,
                    "startPosition": start, "endPosition": end}),
-        ))
+        );
+        // A tail reaches the end of the file as it was read.
+        Ok(if head {
+            reply
+        } else {
+            with_read_end(reply, data.len() as u64)
+        })
     }
 
     fn view(&self, req: &Request) -> Result<Response, Response> {
@@ -386,7 +392,8 @@ impl FsCtx {
         let text = String::from_utf8_lossy(&data);
         let i = (offset % size) as usize;
         let window: String = text.chars().skip(i).take(size as usize).collect();
-        Ok(ok(200, Value::String(window)))
+        let end = from + lossy_bytes(&data, i + window.chars().count()) as u64;
+        Ok(with_read_end(ok(200, Value::String(window)), end))
     }
 
     fn download(&self, req: &Request) -> Result<Response, Response> {
@@ -710,4 +717,43 @@ pub fn iso_time(epoch: i64) -> String {
         secs % 3600 / 60,
         secs % 60
     )
+}
+
+/// The header by which `tail` and `view` tell the request log where in the
+/// file their answer ended; taken off before the answer is sent.
+const READ_END: &str = "x-fake-read-end";
+
+fn with_read_end(mut reply: Response, end: u64) -> Response {
+    reply.headers.push((READ_END.into(), end.to_string()));
+    reply
+}
+
+/// Takes the read end off an answer (see [`READ_END`]).
+pub fn take_read_end(reply: &mut Response) -> Option<u64> {
+    let at = reply.headers.iter().position(|(k, _)| k == READ_END)?;
+    reply.headers.remove(at).1.parse().ok()
+}
+
+/// How many bytes of `data` its first `chars` characters of lossy decoding
+/// stand for (each run of invalid bytes is one U+FFFD, as in
+/// `String::from_utf8_lossy`).
+fn lossy_bytes(data: &[u8], chars: usize) -> usize {
+    let (mut bytes, mut left) = (0, chars);
+    for chunk in data.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if left == 0 {
+                return bytes;
+            }
+            bytes += c.len_utf8();
+            left -= 1;
+        }
+        if !chunk.invalid().is_empty() {
+            if left == 0 {
+                return bytes;
+            }
+            bytes += chunk.invalid().len();
+            left -= 1;
+        }
+    }
+    bytes
 }

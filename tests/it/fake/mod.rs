@@ -401,8 +401,10 @@ pub struct LogEntry {
     pub injected: Option<String>,
     /// The request's `X-Request-ID` and `X-Correlation-ID` headers.
     pub request_id: Option<String>,
-    /// For an answered `tail` or `view`: the length of the output text it
-    /// gave (0: nothing new).
+    /// For an answered `tail` or `view`: how many bytes of the file it
+    /// gave that no read of that file had given before (0: nothing new; a
+    /// `view` that asks again for characters already shown, to check where
+    /// its answer starts, does not count them).
     pub output_len: usize,
     pub correlation_id: Option<String>,
 }
@@ -488,6 +490,9 @@ pub(crate) struct State {
     /// [`Settings::upload_rate`]).
     pub upload_link_free: Instant,
     pub s3_link_free: Instant,
+    /// Per file, the farthest byte a `tail` or `view` answer reached: what
+    /// a read gave beyond it is new output (see [`LogEntry::output_len`]).
+    pub read_ends: HashMap<String, u64>,
 }
 
 pub(crate) fn epoch_now() -> u64 {
@@ -886,8 +891,18 @@ impl http::Handler for Core {
             entry.injected = Some("malformed".into());
         }
         entry.status = r.status;
+        let read_end = fsops::take_read_end(&mut r);
         if matches!(route, Route::OpsTail | Route::OpsView) && r.status == 200 {
-            entry.output_len = output_len(&r.body);
+            entry.output_len = match (read_end, req.query("path")) {
+                (Some(end), Some(path)) => {
+                    let mut st = self.lock();
+                    let seen = st.read_ends.entry(path.to_string()).or_insert(0);
+                    let new = end.saturating_sub(*seen);
+                    *seen = (*seen).max(end);
+                    new as usize
+                }
+                _ => output_len(&r.body),
+            };
         }
         self.log(entry);
         Reply::Response(r)
@@ -957,6 +972,7 @@ impl FakeFirecrest {
                 uid: 1001,
                 upload_link_free: Instant::now(),
                 s3_link_free: Instant::now(),
+                read_ends: HashMap::new(),
             }),
             api_base: std::sync::OnceLock::new(),
         });
