@@ -367,6 +367,11 @@ pub trait Backend: Send + Sync {
     /// parts the job cut it into (see [`Backend::artifacts_part_size`]).
     async fn download(&self, remote: &str, local: &Path) -> Result<bool>;
 
+    /// Stops the backend's own helper jobs that the run no longer needs
+    /// (FirecREST's transfer jobs that have not ended), whatever happens to
+    /// the run directory: a run leaves no job behind.
+    async fn stop_helpers(&self) {}
+
     /// Removes what the backend's own helper jobs left outside the run
     /// directory once they ended (FirecREST's transfer-job logs), and
     /// nothing else. A failed helper job's error log goes to `report` first.

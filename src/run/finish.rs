@@ -58,11 +58,25 @@ pub(super) async fn finish(
     end: Result<End>,
 ) -> Result<i32> {
     let settled = settle(config, ci, remote, end).await;
+    // Within the time left after CI's signal, shared with the cleanup.
+    let stopping = Instant::now();
+    let limit = settled.within.unwrap_or(HELPERS_STOP_LIMIT);
+    if tokio::time::timeout(limit, remote.backend.stop_helpers())
+        .await
+        .is_err()
+    {
+        tracing::warn!("no time left to stop the helper jobs of this run");
+    }
+    let within = settled.within.map(|w| w.saturating_sub(stopping.elapsed()));
     let fate = Fate::of(config.cleanup, settled.success, settled.keep);
-    fate.apply(remote, settled.within).await;
+    fate.apply(remote, within).await;
     let correlation = remote.backend.correlation_id();
     settled.report.print(config, ci, correlation.as_deref())
 }
+
+/// How long stopping the backend's helper jobs may take when CI gave no
+/// limit: a few requests, or a server that does not answer.
+const HELPERS_STOP_LIMIT: Duration = Duration::from_secs(60);
 
 /// What the run came to, with what decides the run directory's fate.
 struct Settled {

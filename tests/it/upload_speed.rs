@@ -145,6 +145,57 @@ fn a_failed_s3_upload_cancels_its_transfer_job() {
     assert_eq!(fake.count(Route::JobSubmit), 0, "no batch job");
 }
 
+#[test]
+fn a_ci_cancel_during_an_s3_upload_leaves_no_transfer_job_behind() {
+    // S3 at 100 kB/s: the 2 MB take about 20 s, so the cancel comes while
+    // the transfer job waits for its object.
+    let fake = FakeFirecrest::start_with(Settings {
+        max_ops_file_size: 64 * 1024,
+        s3_rate: Some(100_000),
+        transfer_recheck: Duration::from_secs(1),
+        ..Settings::default()
+    });
+    let mut setup = Setup::firecrest(&fake, "s3-cancelled", "echo should-not-run");
+    setup
+        .set("FIRECREST_TRANSFER_THRESHOLD", "always-s3")
+        .set("FIRECREST_CLEANUP", "always");
+    random_file(&setup.path().join("big.bin"), 2_000_000);
+    let child = setup.spawn();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    assert!(
+        crate::harness::wait_until(LIMIT, || fake.count(Route::TransferUpload) > 0),
+        "no S3 upload began"
+    );
+    // The part is on its way (the request log notes it once answered).
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let out = crate::harness::wait(child, LIMIT, std::time::Instant::now());
+    assert_eq!(out.code, 143, "{}", out.both());
+    assert_eq!(fake.count(Route::JobSubmit), 0, "{}", out.both());
+    let transfer = fake
+        .jobs()
+        .into_iter()
+        .find(|j| j.kind == JobKind::TransferUpload)
+        .expect("a transfer job");
+    assert!(
+        transfer.is_final && transfer.state.starts_with("CANCELLED"),
+        "the transfer job is {}\n{}",
+        transfer.state,
+        out.stderr
+    );
+    // Its logs go with the cleanup, as no failure to report.
+    assert!(
+        !fake
+            .scratch_files()
+            .iter()
+            .any(|f| f.contains(".f7t_file_handling_job_")),
+        "{:?}\n{}",
+        fake.scratch_files(),
+        out.stderr
+    );
+    assert!(!out.stdout.contains("transfer job"), "{}", out.stdout);
+}
+
 /// A workspace of 3,000 small text files and 8 MB of random data (and the
 /// harness's hello.txt).
 fn mixed_workspace(setup: &Setup) {

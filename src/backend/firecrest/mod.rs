@@ -33,7 +33,7 @@ mod upload;
 
 use output::{ReadState, Snapshot};
 pub use plan::plan;
-use transfers::Transfer;
+use transfers::{Transfer, TransferKind};
 
 /// A progress line at most this often during long uploads.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -366,6 +366,10 @@ impl Backend for FirecrestBackend {
         self.download_file(remote, local).await
     }
 
+    async fn stop_helpers(&self) {
+        self.cancel_unneeded_transfers().await
+    }
+
     async fn remove_helper_leftovers(&self, report: &(dyn for<'s> Fn(&'s str) + Send + Sync)) {
         self.remove_transfer_leftovers(report).await
     }
@@ -381,7 +385,7 @@ impl Backend for FirecrestBackend {
                     .transfer_rm(path)
                     .await
                     .context("failed to start a removal job after rm timed out")?;
-                self.note_transfer(&job, false).await;
+                self.note_transfer(&job, TransferKind::Removal).await;
                 tracing::info!("{path} is large: removal job {} started", job.job_id);
                 Ok(())
             }

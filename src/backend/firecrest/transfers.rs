@@ -26,11 +26,22 @@ pub(super) struct Transfer {
     job: String,
     output_log: String,
     error_log: String,
-    /// An S3 upload, whose script also leaves an empty `tmp/` beside the logs.
-    upload: bool,
-    /// This run cancelled it (its upload failed): its end is no failure to
+    kind: TransferKind,
+    /// This run cancelled it (no longer needed): its end is no failure to
     /// report.
     cancelled: bool,
+}
+
+/// What a transfer job of this run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TransferKind {
+    /// Moves the workspace from S3 into place; its script also leaves an
+    /// empty `tmp/` beside the logs.
+    Upload,
+    /// Copies a file into S3 for the tool to read.
+    Download,
+    /// Removes a tree too large for a synchronous `rm`: cleanup's own work.
+    Removal,
 }
 
 /// The file names FirecREST gives transfer-job logs: only such files are
@@ -116,7 +127,8 @@ impl FirecrestBackend {
     /// returns the presigned URL to read it from.
     pub(super) async fn stage_in_s3(&self, path: &str) -> Result<String> {
         let reply = self.client.transfer_download(path).await?;
-        self.note_transfer(&reply.transfer_job, false).await;
+        self.note_transfer(&reply.transfer_job, TransferKind::Download)
+            .await;
         let url = reply
             .transfer_directives
             .download_url
@@ -130,18 +142,46 @@ impl FirecrestBackend {
         Ok(url)
     }
 
-    pub(super) async fn note_transfer(&self, job: &TransferJob, upload: bool) {
+    pub(super) async fn note_transfer(&self, job: &TransferJob, kind: TransferKind) {
         self.transfers.lock().await.push(Transfer {
             job: job.job_id.clone(),
             output_log: job.logs.output_log.clone(),
             error_log: job.logs.error_log.clone(),
-            upload,
+            kind,
             cancelled: false,
         });
     }
 
-    /// Cancels a transfer job whose upload failed; says so when it cannot.
-    pub(super) async fn cancel_transfer(&self, job: &JobId) {
+    /// Cancels this run's upload and download transfer jobs that have not
+    /// ended: once the run is over nothing needs them, and an upload's job
+    /// would look for its object until its time limit, holding a node (a CI
+    /// cancel during the upload, a batch job that never ran). Removal jobs
+    /// are cleanup's own work and go on.
+    pub(super) async fn cancel_unneeded_transfers(&self) {
+        let pending: Vec<String> = self
+            .transfers
+            .lock()
+            .await
+            .iter()
+            .filter(|t| t.kind != TransferKind::Removal && !t.cancelled)
+            .map(|t| t.job.clone())
+            .collect();
+        for job in pending {
+            match self.client.job(&job).await {
+                Ok(Some(found)) if !JobStatus::from(&found).state.is_final() => {
+                    self.cancel_transfer(&JobId(job), "the run no longer needs it")
+                        .await;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!("could not read the state of transfer job {job}: {err:#}")
+                }
+            }
+        }
+    }
+
+    /// Cancels a transfer job (`why`: for the log); says so when it cannot.
+    pub(super) async fn cancel_transfer(&self, job: &JobId, why: &str) {
         if let Some(transfer) = self
             .transfers
             .lock()
@@ -152,10 +192,10 @@ impl FirecrestBackend {
             transfer.cancelled = true;
         }
         match self.client.cancel_job(&job.0).await {
-            Ok(()) => tracing::info!("cancelled FirecREST's transfer job {job}: the upload failed"),
+            Ok(()) => tracing::info!("cancelled FirecREST's transfer job {job}: {why}"),
             Err(err) => tracing::warn!(
-                "could not cancel FirecREST's transfer job {job}; it looks for the upload \
-                 until its time limit: {err:#}"
+                "could not cancel FirecREST's transfer job {job} ({why}); it runs until \
+                 its time limit: {err:#}"
             ),
         }
     }
@@ -276,7 +316,7 @@ impl FirecrestBackend {
             };
             match removed {
                 Ok(true) => {
-                    if transfer.upload {
+                    if transfer.kind == TransferKind::Upload {
                         if let Some((dir, _)) = transfer.output_log.rsplit_once('/') {
                             if !upload_dirs.iter().any(|d| d == dir) {
                                 upload_dirs.push(dir.to_string());

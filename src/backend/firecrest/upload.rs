@@ -148,7 +148,8 @@ impl FirecrestBackend {
             .transfer_upload(&target, size)
             .await
             .context("failed to start the S3-staged upload")?;
-        self.note_transfer(&reply.transfer_job, true).await;
+        self.note_transfer(&reply.transfer_job, super::TransferKind::Upload)
+            .await;
         let job = JobId(reply.transfer_job.job_id.clone());
         let directives = reply.transfer_directives;
         let staged = async {
@@ -198,7 +199,7 @@ impl FirecrestBackend {
                 .context("failed to complete the S3 upload")
         };
         if let Err(err) = tokio::try_join!(beside, staged) {
-            self.cancel_transfer(&job).await;
+            self.cancel_transfer(&job, "the upload failed").await;
             return Err(err);
         }
         tracing::info!(
