@@ -310,8 +310,13 @@ fn bench_upload_beside_s3() {
         let parts = at(Route::OpsUpload);
         let beside = parts.iter().filter(|&&t| t > staged).count();
         let submitted = at(Route::JobSubmit).first().copied().unwrap_or(f64::NAN);
+        let s3_ready = at(Route::S3Complete).first().copied().unwrap_or(f64::NAN);
+        let parts_up = parts.last().copied().unwrap_or(f64::NAN);
+        // Columns: seconds end to end, way, GB, direct parts, of them beside
+        // S3, then seconds from the start: S3 requested, last direct part
+        // up, S3 object complete, batch job submitted.
         println!(
-            "bench_beside_{label} {:.1} {} {gb} {} {beside} {staged:.1} {submitted:.1}",
+            "bench_beside_{label} {:.1} {} {gb} {} {beside} {staged:.1} {parts_up:.1} {s3_ready:.1} {submitted:.1}",
             out.elapsed.as_secs_f64(),
             upload_way(&fake),
             parts.len(),
