@@ -112,7 +112,7 @@ impl FirecrestBackend {
     ) -> Result<()> {
         let count = ranges.len();
         let total = ranges.iter().map(|r| r.end - r.start).sum();
-        for_each_part(ranges, total, |index, range| async move {
+        for_each_part("upload", ranges, total, |index, range| async move {
             let bytes = read_range(archive, range.start, range.end - range.start).await?;
             self.client
                 .upload(dir, &names[index], &UploadSource::Bytes(bytes))
@@ -176,7 +176,7 @@ impl FirecrestBackend {
             );
             let count = urls.len();
             let mut etags: Vec<(u32, String)> =
-                for_each_part(ranges, size, |index, range| async move {
+                for_each_part("S3 upload", ranges, size, |index, range| async move {
                     let bytes = read_range(archive, range.start, range.end - range.start).await?;
                     let etag = self
                         .client
@@ -387,13 +387,19 @@ impl RateMeter {
 }
 
 /// Runs `work` on each byte range of an upload, a few at a time, with a
-/// progress line every few seconds for long uploads.
-async fn for_each_part<T, F, Fut>(ranges: Vec<Range<u64>>, total: u64, work: F) -> Result<Vec<T>>
+/// progress line (named `what`: direct parts and S3 may go up at once)
+/// every few seconds for long uploads.
+async fn for_each_part<T, F, Fut>(
+    what: &str,
+    ranges: Vec<Range<u64>>,
+    total: u64,
+    work: F,
+) -> Result<Vec<T>>
 where
     F: Fn(usize, Range<u64>) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let progress = std::sync::Mutex::new(Progress::new("upload", Some(total), PROGRESS_EVERY));
+    let progress = std::sync::Mutex::new(Progress::new(what, Some(total), PROGRESS_EVERY));
     let progress = &progress;
     let results = stream::iter(ranges.into_iter().enumerate())
         .map(|(index, range)| {
