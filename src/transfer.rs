@@ -165,9 +165,9 @@ pub fn s3_saves_time(remaining: u64, rate: f64, s3: &S3Timing) -> bool {
 /// for the parts). Whole parts of `part_size` only, rounded down: S3 takes
 /// less than a part more than planned, well within its margin.
 ///
-/// This is never worse than S3 alone: S3's share is smaller, so its object
-/// is complete no later; when both ways share one link, the link carries
-/// the same bytes as before. It only pays once S3 alone would miss a look,
+/// On this model it is never worse than S3 alone (the choice includes S3
+/// alone): S3's share is smaller, so its object is complete no later; when
+/// both ways share one link, the link carries the same bytes as before. It only pays once S3 alone would miss a look,
 /// that is when the rest takes S3 longer than about 60 s (3.6 GB at
 /// 60 MB/s): with parts at 15 MB/s, 4 GB are ready at the 61 s look
 /// instead of the 121 s one. Below that it returns 0.
@@ -713,6 +713,21 @@ mod tests {
         ));
     }
 
+    /// When `remaining` bytes are up on the real server's timing, with
+    /// `direct` of them in 5 MB parts at `part_rate` beside S3: the later of
+    /// the parts' end and the look that finds S3's share (at its margin,
+    /// less the part that rounding the parts down may add to it).
+    fn planned_end(remaining: u64, direct: u64, part_rate: f64) -> f64 {
+        let real = S3Timing::REAL;
+        let s3_share = (remaining - direct).saturating_sub(5_000_000);
+        let s3_done = s3_share as f64 * S3_MARGIN / real.rate;
+        let look = (0..)
+            .map(|k| real.look(k))
+            .find(|&look| look >= s3_done)
+            .unwrap_or(f64::MAX);
+        look.max(direct as f64 / part_rate)
+    }
+
     #[test]
     fn parts_go_beside_s3_only_when_that_makes_an_earlier_look_of_the_transfer_job() {
         const MB: u64 = 1_000_000;
@@ -737,11 +752,13 @@ mod tests {
         // Parts too slow to help before the look S3 alone makes: none.
         assert_eq!(direct_share_beside_s3(4_000 * MB, 1e6, part, &real), 0);
         // 12 GB with parts at 35 MB/s (where `auto` first takes S3): S3
-        // alone makes the 241 s look; beside 35 MB/s of parts, S3's 5.8 GB
-        // make the 121 s one and the parts end at about 177 s.
+        // alone, at its margin, makes the 301 s look; beside 35 MB/s of
+        // parts, S3's 5.8 GB make the 121 s one and the parts end at about
+        // 177 s.
         let direct = direct_share_beside_s3(12_000 * MB, 35e6, part, &real);
-        let end = (direct as f64 / 35e6).max(121.0);
+        let end = planned_end(12_000 * MB, direct, 35e6);
         assert!(end < 200.0, "{direct} bytes beside S3: {end:.0} s");
+        assert_eq!(planned_end(12_000 * MB, 0, 35e6), 301.0, "S3 alone");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub(super) struct Transfer {
     /// This run cancelled it (no longer needed): its end is no failure to
     /// report.
     cancelled: bool,
+    /// Its final state, once a read showed it: no need to ask again.
+    ended: Option<SlurmState>,
 }
 
 /// What a transfer job of this run does.
@@ -149,7 +151,21 @@ impl FirecrestBackend {
             error_log: job.logs.error_log.clone(),
             kind,
             cancelled: false,
+            ended: None,
         });
+    }
+
+    /// A read showed that transfer job `job` ended in `state`.
+    async fn note_ended(&self, job: &str, state: SlurmState) {
+        if let Some(transfer) = self
+            .transfers
+            .lock()
+            .await
+            .iter_mut()
+            .find(|t| t.job == job)
+        {
+            transfer.ended = Some(state);
+        }
     }
 
     /// Cancels this run's upload and download transfer jobs that have not
@@ -163,16 +179,21 @@ impl FirecrestBackend {
             .lock()
             .await
             .iter()
-            .filter(|t| t.kind != TransferKind::Removal && !t.cancelled)
+            .filter(|t| t.kind != TransferKind::Removal && !t.cancelled && t.ended.is_none())
             .map(|t| t.job.clone())
             .collect();
         for job in pending {
             match self.client.job(&job).await {
-                Ok(Some(found)) if !JobStatus::from(&found).state.is_final() => {
-                    self.cancel_transfer(&JobId(job), "the run no longer needs it")
-                        .await;
+                Ok(Some(found)) => {
+                    let state = JobStatus::from(&found).state;
+                    if state.is_final() {
+                        self.note_ended(&job, state).await;
+                    } else {
+                        self.cancel_transfer(&JobId(job), "the run no longer needs it")
+                            .await;
+                    }
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(err) => {
                     tracing::warn!("could not read the state of transfer job {job}: {err:#}")
                 }
@@ -203,14 +224,17 @@ impl FirecrestBackend {
     /// Whether a transfer job has ended: `None` while it runs, else what
     /// its error log says if it failed (`Some(None)` when it completed).
     async fn transfer_ended(&self, transfer: &Transfer) -> Result<Option<Option<String>>> {
-        let Some(found) = self.client.job(&transfer.job).await? else {
-            return Ok(None);
+        let state = match &transfer.ended {
+            Some(state) => state.clone(),
+            None => match self.client.job(&transfer.job).await? {
+                Some(found) => JobStatus::from(&found).state,
+                None => return Ok(None),
+            },
         };
-        let status = JobStatus::from(&found);
-        if !status.state.is_final() {
+        if !state.is_final() {
             return Ok(None);
         }
-        if status.state == SlurmState::Completed
+        if state == SlurmState::Completed
             || transfer.cancelled
             || !is_transfer_log(&transfer.error_log)
         {
@@ -225,7 +249,7 @@ impl FirecrestBackend {
         Ok(Some(Some(format!(
             "firecrest-ci: transfer job {} ended {}; its error log {}:\n{}",
             transfer.job,
-            status.state,
+            state,
             transfer.error_log,
             log.trim_end()
         ))))
@@ -268,6 +292,7 @@ impl FirecrestBackend {
             if let Some(found) = self.client.job(job).await? {
                 let status = JobStatus::from(&found);
                 if status.state.is_final() {
+                    self.note_ended(job, status.state.clone()).await;
                     if status.state == SlurmState::Completed {
                         return Ok(());
                     }

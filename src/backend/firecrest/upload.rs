@@ -264,10 +264,14 @@ impl FirecrestBackend {
                 progress.finish();
                 // Direct parts beside S3 only where the rate was measured
                 // (the overrides choose S3 for the whole archive).
-                let beside = meter.rate().map_or(0, |rate| {
-                    transfer::direct_share_beside_s3(remaining, rate, part_size, &self.s3_timing)
-                });
+                let mut beside = 0;
                 if let Some(rate) = meter.rate() {
+                    beside = transfer::direct_share_beside_s3(
+                        remaining,
+                        rate,
+                        part_size,
+                        &self.s3_timing,
+                    );
                     let beside_note = if beside > 0 {
                         format!(
                             "; {} of them in direct parts at the same time, so that S3's \
