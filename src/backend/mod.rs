@@ -133,6 +133,12 @@ pub struct StagedWorkspace {
     pub transfer_job: Option<JobId>,
 }
 
+/// Where an upload says what it will have staged before it ends: once the
+/// rest is expected up within [`crate::transfer::SUBMIT_LEAD`], so that the
+/// job is submitted meanwhile and starts as the last parts land. An upload
+/// that never sends is staged before the job is submitted.
+pub type StagedSoon = tokio::sync::oneshot::Sender<StagedWorkspace>;
+
 /// How far the workspace archive has been packed into its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packed {
@@ -298,11 +304,12 @@ pub trait Backend: Send + Sync {
     async fn upload_workspace(&self, archive: &Path, dir: &str) -> Result<StagedWorkspace>;
 
     /// Uploads the workspace archive while it is being packed. Backends that
-    /// copy files whole wait for the end of packing.
+    /// copy files whole wait for the end of packing (and never say `soon`).
     async fn upload_growing(
         &self,
         mut archive: GrowingArchive,
         dir: &str,
+        _soon: StagedSoon,
     ) -> Result<StagedWorkspace> {
         archive.finished().await?;
         self.upload_workspace(&archive.path, dir).await

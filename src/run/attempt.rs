@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::job::{OutputFile, OutputSink, StopSignal, WatchEnd, WatchSettings, Watcher};
 use crate::outcome;
 use crate::placement;
-use crate::script::{self, ScriptSpec};
+use crate::script::{self, ScriptSpec, UploadWait};
 use crate::workspace::PackReport;
 
 /// What every attempt is made from: the workspace on the cluster.
@@ -29,26 +29,34 @@ pub(super) struct Staged<'a> {
 }
 
 /// Submits and watches the job, again while the cluster loses it and
-/// retries are left; the last attempt's end is the run's.
+/// retries are left; the last attempt's end is the run's. `ahead`: the
+/// first attempt, already submitted while the last parts went up.
 pub(super) async fn submit_and_watch(
     config: &Config,
     ci: &Ci,
     remote: &Remote<'_>,
     staged: &Staged<'_>,
+    mut ahead: Option<(JobId, SystemTime)>,
     log: &std::fs::File,
     stop: &mut StopSignal,
 ) -> Result<End> {
-    let mut attempt = Attempt {
-        number: 1,
-        of: 1 + config.retries,
-    };
+    let mut attempt = Attempt::first(config);
     let mut lost: Vec<String> = Vec::new();
     loop {
         // Before the job exists: a failure here leaves no job running.
-        let log = log
-            .try_clone()
-            .context("failed to reopen the log file for this attempt")?;
-        let (job, at) = submit(config, ci, remote, staged, attempt).await?;
+        let log = match log.try_clone() {
+            Ok(log) => log,
+            Err(err) => {
+                if let Some((job, _)) = ahead.take() {
+                    let _ = remote.backend.cancel(&job).await;
+                }
+                return Err(err).context("failed to reopen the log file for this attempt");
+            }
+        };
+        let (job, at) = match ahead.take() {
+            Some(submitted) => submitted,
+            None => submit(config, ci, remote, staged, attempt, None).await?,
+        };
         let submitted = Submitted {
             job,
             at,
@@ -77,13 +85,15 @@ pub(super) async fn submit_and_watch(
 }
 
 /// Renders the batch script for this attempt and submits it; the job id is
-/// printed and written to the step outputs at once.
-async fn submit(
+/// printed and written to the step outputs at once. `upload_wait`: the
+/// last parts are still going up.
+pub(super) async fn submit(
     config: &Config,
     ci: &Ci,
     remote: &Remote<'_>,
     staged: &Staged<'_>,
     attempt: Attempt,
+    upload_wait: Option<UploadWait>,
 ) -> Result<(JobId, SystemTime)> {
     let run_dir = &remote.run_dir;
     if attempt.number > 1 && !config.env_vars.is_empty() {
@@ -102,6 +112,7 @@ async fn submit(
         staged.pack,
         staged.artifacts_part_size,
         attempt,
+        upload_wait.clone(),
     );
     let script = script::render(&spec).context("failed to render the batch script")?;
     let job_spec = JobSpec {
@@ -138,7 +149,15 @@ async fn submit(
         }
     };
     let at = SystemTime::now();
-    tracing::info!("submitted job {job} ({}){}", job_spec.name, attempt.label());
+    let when = match upload_wait {
+        Some(_) => ", while the last parts of the workspace go up",
+        None => "",
+    };
+    tracing::info!(
+        "submitted job {job} ({}){}{when}",
+        job_spec.name,
+        attempt.label()
+    );
     write_early_outputs(config, ci, &job, run_dir);
     Ok((job, at))
 }
@@ -161,6 +180,14 @@ pub(super) struct Attempt {
 }
 
 impl Attempt {
+    /// The first submission, of as many as `retries` allows.
+    pub(super) fn first(config: &Config) -> Attempt {
+        Attempt {
+            number: 1,
+            of: 1 + config.retries,
+        }
+    }
+
     /// The name of a run-directory file for this attempt.
     pub(super) fn file(&self, name: &str) -> String {
         script::attempt_name(name, self.number)
@@ -194,6 +221,7 @@ pub(super) fn script_spec(
     pack: &PackReport,
     artifacts_part_size: Option<u64>,
     attempt: Attempt,
+    upload_wait: Option<UploadWait>,
 ) -> ScriptSpec {
     let resources = &config.resources;
     ScriptSpec {
@@ -218,6 +246,7 @@ pub(super) fn script_spec(
         artifacts_part_size,
         attempt: attempt.number,
         keep_archive: attempt.number < attempt.of,
+        upload_wait,
     }
 }
 

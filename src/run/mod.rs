@@ -5,11 +5,13 @@
 //! cancel the job on the way out: no job outlives the tool.
 //!
 //! `run` is the pipeline; each step lives in its own file: `place.rs`
-//! (packing and placing the workspace), `attempt.rs` (script, submission,
+//! (packing and placing the workspace), `ahead.rs` (submitting the job
+//! while the last parts go up), `attempt.rs` (script, submission,
 //! watching, retries of a job the cluster lost), `stop.rs` (cancel on a
 //! signal or the timeout), `finish.rs` (artifacts, hand-back, the one
 //! cleanup decision) and `report.rs` (what CI reads at the end).
 
+mod ahead;
 mod attempt;
 mod finish;
 mod place;
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::backend::{self, Backend, JobId, StagedWorkspace};
+use crate::backend::{self, Backend, JobId, StagedSoon, StagedWorkspace};
 use crate::ci::Ci;
 use crate::config::{BackendKind, Config, Connection, Credentials};
 use crate::job::StopSignal;
@@ -41,6 +43,9 @@ const ENV_FILE_NAME: &str = ".firecrest-ci-env";
 const OUTPUT_NAME: &str = "job.out";
 const ERROR_NAME: &str = "job.err";
 const ARTIFACTS_NAME: &str = "artifacts.tar.gz";
+/// Holds the archive's SHA-256 once every part is up, for a job submitted
+/// while the last ones went up.
+const READY_NAME: &str = "workspace.ready";
 
 /// Runs the whole pipeline; returns the exit code the outcome table gives.
 pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Result<i32> {
@@ -101,19 +106,34 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
         ci: ci.clone(),
     };
     let on_cluster = async {
-        let Some((staged, pack)) = staged_workspace(&config, &ci, &remote, packing, &stop).await?
-        else {
+        // The job is submitted while the last parts go up when the upload
+        // says it may (step 4 before step 3 ends).
+        let (soon, staged_soon) = tokio::sync::oneshot::channel();
+        let packed = packing.packed.clone();
+        let staging = staged_workspace(&config, &ci, &remote, packing, &stop, soon);
+        let placed = ahead::place_and_submit(
+            &config,
+            &ci,
+            &remote,
+            staging,
+            staged_soon,
+            &packed,
+            artifacts_part_size,
+        )
+        .await?;
+        let Some(placed) = placed else {
             return Ok(End::Unsubmitted {
                 code: signal_code(&stop),
             });
         };
         drop(scratch);
         let staged = Staged {
-            workspace: &staged,
-            pack: &pack,
+            workspace: &placed.staged,
+            pack: &placed.pack,
             artifacts_part_size,
         };
-        attempt::submit_and_watch(&config, &ci, &remote, &staged, &log, &mut stop).await
+        let ahead = placed.ahead;
+        attempt::submit_and_watch(&config, &ci, &remote, &staged, ahead, &log, &mut stop).await
     };
     let end = on_cluster.await;
     // Steps 6 and 7: outcome, artifacts, hand-back, cleanup, report.
@@ -128,8 +148,10 @@ async fn staged_workspace(
     remote: &Remote<'_>,
     packing: Packing,
     stop: &StopSignal,
+    soon: StagedSoon,
 ) -> Result<Option<(StagedWorkspace, PackReport)>> {
-    let placed = place::place_workspace(config, ci, remote, packing.archive.clone(), stop).await;
+    let archive = packing.archive.clone();
+    let placed = place::place_workspace(config, ci, remote, archive, stop, soon).await;
     let staged = match placed {
         Ok(Some(staged)) => staged,
         Ok(None) => return Ok(None),
@@ -263,12 +285,9 @@ async fn dry_run(config: &Config, ci: &Ci, run_name: &str) -> Result<i32> {
         parts: vec![ARCHIVE_NAME.to_string()],
         transfer_job: None,
     };
-    let first = Attempt {
-        number: 1,
-        of: 1 + config.retries,
-    };
-    let script = script::render(&script_spec(config, &run_dir, &staged, &pack, None, first))
-        .context("failed to render the batch script")?;
+    let first = Attempt::first(config);
+    let spec = script_spec(config, &run_dir, &staged, &pack, None, first, None);
+    let script = script::render(&spec).context("failed to render the batch script")?;
 
     let mut plan = String::new();
     plan.push_str(&format!("workspace: {}\n", config.workspace.display()));

@@ -3,13 +3,13 @@
 //! forwarded variables).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 
 use super::stop::{stopped, wait_for_stop};
 use super::{Remote, ENV_FILE_NAME};
-use crate::backend::{Backend, GrowingArchive, Packed, StagedWorkspace};
+use crate::backend::{Backend, GrowingArchive, Packed, StagedSoon, StagedWorkspace};
 use crate::ci::Ci;
 use crate::config::Config;
 use crate::job::StopSignal;
@@ -49,6 +49,9 @@ pub(super) async fn pack_workspace(config: &Config, ci: &Ci, archive: &Path) -> 
 pub(super) struct Packing {
     /// The archive as it grows, for the uploader.
     pub(super) archive: GrowingArchive,
+    /// What packing made, set before the uploader hears that it ended: for
+    /// a job submitted while the last parts go up.
+    pub(super) packed: Arc<OnceLock<PackReport>>,
     task: tokio::task::JoinHandle<Result<PackReport>>,
 }
 
@@ -66,6 +69,8 @@ pub(super) fn start_packing(config: &Config, archive: &Path) -> Packing {
     let (tx, rx) = tokio::sync::watch::channel(Packed::Writing(0));
     let tx = Arc::new(tx);
     let written = tx.clone();
+    let packed = Arc::new(OnceLock::new());
+    let done = packed.clone();
     let task = tokio::task::spawn_blocking(move || {
         let report = workspace::pack_watched(&options, &out, move |n| {
             written.send_replace(Packed::Writing(n));
@@ -75,6 +80,7 @@ pub(super) fn start_packing(config: &Config, archive: &Path) -> Packing {
                 // Logged here, when it happens, to be read in order with
                 // the upload's lines.
                 tracing::info!("{}", describe_pack(report));
+                let _ = done.set(report.clone());
                 tx.send_replace(Packed::Done(report.bytes_out));
             }
             Err(_) => {
@@ -85,6 +91,7 @@ pub(super) fn start_packing(config: &Config, archive: &Path) -> Packing {
     });
     Packing {
         archive: GrowingArchive::new(archive.to_path_buf(), rx),
+        packed,
         task,
     }
 }
@@ -114,13 +121,15 @@ pub(super) fn describe_pack(report: &PackReport) -> String {
 
 /// Creates the run directory and uploads the workspace (while it is packed)
 /// and the forwarded environment; `Ok(None)` when CI stopped the run
-/// meanwhile.
+/// meanwhile. The upload says on `soon` when the job may be submitted
+/// before it ends.
 pub(super) async fn place_workspace(
     config: &Config,
     ci: &Ci,
     remote: &Remote<'_>,
     archive: GrowingArchive,
     stop: &StopSignal,
+    soon: StagedSoon,
 ) -> Result<Option<StagedWorkspace>> {
     if let Err(err) = remote.backend.create_private_dir(&remote.run_dir).await {
         let refused = crate::firecrest::ApiError::find(&err)
@@ -156,7 +165,9 @@ pub(super) async fn place_workspace(
     }
     ci.group_start("upload", "Packing and uploading the workspace");
     let mut stop_rx = stop.clone();
-    let upload = remote.backend.upload_growing(archive, &remote.run_dir);
+    let upload = remote
+        .backend
+        .upload_growing(archive, &remote.run_dir, soon);
     let result = tokio::select! {
         result = upload => Some(result),
         _ = wait_for_stop(&mut stop_rx) => None,

@@ -18,6 +18,9 @@
 #   _fci_workspace          directory the archive is extracted into
 #   _fci_marker             written once the workspace is extracted
 #   _fci_keep_archive       1: keep the archive's parts for a later attempt
+#   _fci_ready_file         submitted while the last parts went up: wait for
+#                           this file to hold _fci_sha256 ('' : all are up)
+#   _fci_ready_within       seconds to wait for it before failing
 #   _fci_invalid            exit status for a missing or corrupt workspace
 #   _fci_kill_after         seconds the commands get after a signal before SIGKILL
 #   _fci_mode               inline (commands in _fci_commands) or script (_fci_script)
@@ -182,6 +185,20 @@ _fci_extract() {
 if [ -f "$_fci_marker" ] && [ -d "$_fci_workspace" ]; then
   _fci_say "job restarted: reusing the workspace extracted at its first start"
 else
+  if [ -n "$_fci_ready_file" ]; then
+    # Submitted while the last parts went up: firecrest-ci writes the
+    # archive's SHA-256 into this file once every part is up. Listing the
+    # directory refreshes a network file system's view of it.
+    _fci_until=$((SECONDS + _fci_ready_within))
+    _fci_waiting=0
+    until [ "$(cat -- "$_fci_ready_file" 2>/dev/null)" = "$_fci_sha256" ]; do
+      [ "$SECONDS" -lt "$_fci_until" ] \
+        || _fci_fail "the workspace upload did not finish within ${_fci_ready_within}s of the job's start (no $_fci_ready_file in $_fci_run_dir)"
+      [ "$_fci_waiting" = 1 ] || { _fci_say "waiting for the last parts of the workspace upload"; _fci_waiting=1; }
+      sleep 0.1
+      ls -a . > /dev/null 2>&1
+    done
+  fi
   for _fci_p in "${_fci_parts[@]}"; do
     [ -f "$_fci_p" ] || _fci_fail "workspace archive part $_fci_p is missing: the upload did not complete"
   done

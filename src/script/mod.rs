@@ -102,7 +102,27 @@ pub struct ScriptSpec {
     pub attempt: u32,
     /// Keep the workspace archive after extracting it, for a later attempt.
     pub keep_archive: bool,
+    /// Set when the job is submitted while the last parts still go up.
+    pub upload_wait: Option<UploadWait>,
 }
+
+/// The job was submitted while the last parts of the workspace went up, so
+/// that Slurm's start-up overlaps them: its prologue waits for `file` in the
+/// run directory, which the tool writes (holding the archive's SHA-256) once
+/// every part is up, and never reads a part still in transit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadWait {
+    pub file: String,
+    /// After this long from the job's start without the file, the job fails
+    /// (exit [`codes::WORKSPACE_INVALID`]) instead of holding its node.
+    pub within: std::time::Duration,
+}
+
+/// How long a job submitted ahead waits for its last parts: the tool
+/// cancels it at once when the upload fails, so this bounds only a tool
+/// killed without a chance to (`SIGKILL`), and leaves room for an upload's
+/// retries on a struggling server.
+pub const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The name of a run-directory file or directory for `attempt`: the first
 /// attempt's names as they are, a later one's with `-N` before the first
@@ -186,6 +206,22 @@ pub fn render(spec: &ScriptSpec) -> Result<String> {
     value("workspace", &sh_quote(&named(WORKSPACE_DIR)));
     value("marker", &sh_quote(&named(EXTRACTED_MARKER)));
     value("keep_archive", if spec.keep_archive { "1" } else { "0" });
+    match &spec.upload_wait {
+        Some(wait) => {
+            file_name("upload-ready file", &wait.file)?;
+            ensure!(
+                !spec.archive_parts.contains(&wait.file),
+                "the upload-ready file {:?} has the name of an archive part",
+                wait.file
+            );
+            value("ready_file", &sh_quote(&wait.file));
+            value("ready_within", &wait.within.as_secs().max(1).to_string());
+        }
+        None => {
+            value("ready_file", "''");
+            value("ready_within", "0");
+        }
+    }
     value("invalid", &codes::WORKSPACE_INVALID.to_string());
     value("kill_after", &COMMANDS_GRACE_SECS.to_string());
     value(
@@ -475,6 +511,7 @@ mod tests {
             artifacts_part_size: None,
             attempt: 1,
             keep_archive: false,
+            upload_wait: None,
         }
     }
 
@@ -1386,5 +1423,61 @@ mod tests {
             !run.dir.join(&run.spec.archive_parts[0]).exists(),
             "archive removed by the last attempt"
         );
+    }
+
+    /// A job submitted while its last parts went up waits for the ready
+    /// file and extracts only once it holds the archive's checksum: a file
+    /// that exists but is not yet whole (here: empty) is not enough.
+    #[test]
+    fn a_job_submitted_ahead_waits_for_its_last_parts() {
+        let mut run = workspace();
+        run.spec.command = Command::Inline("cat hello.txt".into());
+        run.spec.upload_wait = Some(UploadWait {
+            file: "workspace.ready".into(),
+            within: std::time::Duration::from_secs(60),
+        });
+        let part = run.dir.join(&run.spec.archive_parts[0]);
+        let held = run.dir.parent().unwrap().join("held");
+        std::fs::rename(&part, &held).unwrap();
+        std::fs::write(run.dir.join("workspace.ready"), "").unwrap();
+        let child = run
+            .command()
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        std::fs::rename(&held, &part).unwrap();
+        let ready = format!("{}\n", run.spec.archive_sha256);
+        std::fs::write(run.dir.join("workspace.ready"), ready).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        let waiting = stdout
+            .find("waiting for the last parts of the workspace upload")
+            .expect("the wait is said");
+        let hello = stdout.find("\nhello\n").expect("the workspace's file");
+        assert!(waiting < hello, "{stdout}");
+    }
+
+    #[test]
+    fn a_job_whose_last_parts_never_come_fails_as_an_invalid_workspace() {
+        let mut run = workspace();
+        run.spec.command = Command::Inline("echo should-not-run".into());
+        run.spec.upload_wait = Some(UploadWait {
+            file: "workspace.ready".into(),
+            within: std::time::Duration::from_secs(1),
+        });
+        let out = run.run();
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(codes::WORKSPACE_INVALID),
+            "{stdout}{stderr}"
+        );
+        assert!(
+            stderr.contains("the workspace upload did not finish within 1s"),
+            "{stderr}"
+        );
+        assert!(!stdout.contains("should-not-run"), "{stdout}");
     }
 }

@@ -2,7 +2,9 @@
 //! (a slow link sends the rest through S3, a fast one keeps to direct
 //! parts), a failed S3 transfer job shows its error log, and packing
 //! overlaps the upload while the job still gets the exact workspace (a
-//! corrupted part fails the job with 65). Orders and counts, no timings.
+//! corrupted part fails the job with 65), and the job is submitted while
+//! the last parts go up (and cancelled when they fail). Orders and counts,
+//! no timings.
 
 use std::path::Path;
 use std::time::Duration;
@@ -261,4 +263,113 @@ fn a_corrupted_part_fails_the_job_with_65() {
         out.both()
     );
     assert!(!out.stdout.contains("should-not-run"), "{}", out.both());
+}
+
+/// A double whose direct link moves 500 kB/s with parts of 256 KiB: 3 MB
+/// take about 6 s to go up, long after packing ended.
+fn fake_with_slow_parts() -> FakeFirecrest {
+    FakeFirecrest::start_with(Settings {
+        max_ops_file_size: 256 * 1024,
+        upload_rate: Some(500_000),
+        s3: false,
+        ..Settings::default()
+    })
+}
+
+/// How many uploads the double answered after the job's submit.
+fn uploads_after_the_submit(fake: &FakeFirecrest) -> usize {
+    let log = fake.log();
+    let submit = log
+        .iter()
+        .position(|e| e.route == Route::JobSubmit)
+        .expect("a submit");
+    log[submit..]
+        .iter()
+        .filter(|e| e.route == Route::OpsUpload)
+        .count()
+}
+
+#[test]
+fn the_job_is_submitted_while_the_last_parts_go_up_and_waits_for_them() {
+    let fake = fake_with_slow_parts();
+    let mut setup = Setup::firecrest(&fake, "ahead", "sha256sum big.bin");
+    setup.set("FIRECREST_LOG_LEVEL", "debug");
+    let sha = random_file(&setup.path().join("big.bin"), 3_000_000);
+    let out = setup.run(LIMIT);
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(out.stdout.contains(&sha), "{}", out.both());
+    assert!(
+        out.stderr
+            .contains("while the last parts of the workspace go up"),
+        "{}",
+        out.stderr
+    );
+    // The job started before its workspace was whole, and waited.
+    assert!(
+        out.stdout
+            .contains("waiting for the last parts of the workspace upload"),
+        "{}",
+        out.both()
+    );
+    // Parts were still answered after the submit, then the ready file.
+    let uploads_after = uploads_after_the_submit(&fake);
+    assert!(
+        uploads_after >= 2,
+        "{uploads_after} uploads after the submit"
+    );
+    assert_eq!(fake.count(Route::JobSubmit), 1);
+}
+
+#[test]
+fn a_small_fast_upload_is_whole_before_the_job_is_submitted() {
+    // One upload: no part is up before the rest, so nothing is said ahead.
+    let fake = FakeFirecrest::start();
+    let setup = Setup::firecrest(&fake, "not-ahead", "cat hello.txt");
+    let out = setup.run(LIMIT);
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(!out.stderr.contains("go up"), "{}", out.stderr);
+    assert!(
+        !out.stdout.contains("waiting for the last parts"),
+        "{}",
+        out.both()
+    );
+    assert_eq!(uploads_after_the_submit(&fake), 0);
+}
+
+#[test]
+fn an_upload_that_fails_after_the_job_was_submitted_cancels_the_job() {
+    let fake = fake_with_slow_parts();
+    let mut setup = Setup::firecrest(&fake, "ahead-failed", "echo should-not-run");
+    setup.set("FIRECREST_CLEANUP", "always");
+    random_file(&setup.path().join("big.bin"), 3_000_000);
+    let child = setup.spawn();
+    assert!(
+        crate::harness::wait_until(LIMIT, || fake.count(Route::JobSubmit) > 0),
+        "no job was submitted"
+    );
+    // Every upload from here on is refused: a part still on its way, or
+    // the ready file.
+    fake.fail_next(Some(Route::OpsUpload), 1000, 403, Stage::Before);
+    let out = crate::harness::wait(child, LIMIT, std::time::Instant::now());
+    assert_ne!(out.code, 0, "{}", out.both());
+    assert!(out.stderr.contains("cancelled job"), "{}", out.stderr);
+    let job = fake
+        .jobs()
+        .into_iter()
+        .find(|j| j.kind == JobKind::User)
+        .expect("the job");
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(10), || fake
+            .job(job.id)
+            .is_some_and(|j| j.is_final && j.state.starts_with("CANCELLED"))),
+        "the job is {:?}\n{}",
+        fake.job(job.id).map(|j| j.state),
+        out.stderr
+    );
+    assert!(!out.stdout.contains("should-not-run"), "{}", out.both());
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(10), || !fake.any_job_process_running()),
+        "the job's processes outlived its cancel"
+    );
+    eprintln!("{}", out.stderr);
 }

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, OnceCell};
 
 use super::{
-    Backend, CheckRow, GrowingArchive, JobId, JobSpec, JobStatus, OutputChunk, StagedWorkspace,
-    SubmitRejected,
+    Backend, CheckRow, GrowingArchive, JobId, JobSpec, JobStatus, OutputChunk, StagedSoon,
+    StagedWorkspace, SubmitRejected,
 };
 use crate::config::{FirecrestSettings, PollSettings};
 use crate::firecrest::models::JobDescription;
@@ -226,12 +226,17 @@ impl Backend for FirecrestBackend {
             .await
             .with_context(|| format!("failed to read {}", archive.display()))?
             .len();
-        self.upload_growing(GrowingArchive::complete(archive.to_path_buf(), size), dir)
-            .await
+        let archive = GrowingArchive::complete(archive.to_path_buf(), size);
+        self.upload_archive(archive, dir, None).await
     }
 
-    async fn upload_growing(&self, archive: GrowingArchive, dir: &str) -> Result<StagedWorkspace> {
-        self.upload_archive(archive, dir).await
+    async fn upload_growing(
+        &self,
+        archive: GrowingArchive,
+        dir: &str,
+        soon: StagedSoon,
+    ) -> Result<StagedWorkspace> {
+        self.upload_archive(archive, dir, Some(soon)).await
     }
 
     async fn submit(&self, job: &JobSpec) -> Result<JobId> {

@@ -62,7 +62,9 @@ pub fn plan(request: &PlanRequest) -> Vec<String> {
          and S3: {s3})"
     ));
     steps.push(format!(
-        "POST /compute/{system}/jobs (job {})",
+        "POST /compute/{system}/jobs (job {}; while the last parts go up when they are \
+         expected up within a second, then POST ops/upload workspace.ready, which the job \
+         waits for)",
         config.job_name
     ));
     steps.push(format!(

@@ -11,7 +11,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{is_too_large, FirecrestBackend, SystemFacts, PROGRESS_EVERY};
-use crate::backend::{GrowingArchive, JobId, Packed, StagedWorkspace};
+use crate::backend::{GrowingArchive, JobId, Packed, StagedSoon, StagedWorkspace};
 use crate::firecrest::UploadSource;
 use crate::progress::Progress;
 use crate::transfer::{self, RestWay};
@@ -24,6 +24,7 @@ impl FirecrestBackend {
         &self,
         mut archive: GrowingArchive,
         dir: &str,
+        soon: Option<StagedSoon>,
     ) -> Result<StagedWorkspace> {
         let facts = self.facts().await?.clone();
         let direct = facts
@@ -45,7 +46,7 @@ impl FirecrestBackend {
                     Err(err) => Err(err),
                 }
             }
-            _ => self.upload_streaming(&mut archive, dir, &facts).await,
+            _ => self.upload_streaming(&mut archive, dir, &facts, soon).await,
         };
         match result {
             Err(err) if is_too_large(&err) => {
@@ -212,12 +213,15 @@ impl FirecrestBackend {
     /// Uploads the archive in direct parts as it is packed, at most
     /// [`transfer::PARALLEL_UPLOADS`] in flight (each read from the file
     /// into memory), and hands the rest to S3 when [`transfer::rest_way`]
-    /// says so. Returns the file names in order and the transfer job.
+    /// says so. Returns the file names in order and the transfer job; says
+    /// them on `soon` once packing ended, a part is up at this size and
+    /// the rest is expected up within [`transfer::SUBMIT_LEAD`].
     async fn upload_streaming(
         &self,
         archive: &mut GrowingArchive,
         dir: &str,
         facts: &SystemFacts,
+        mut soon: Option<StagedSoon>,
     ) -> Result<StagedWorkspace> {
         let part_size = transfer::part_size_for(facts.max_ops_file_size);
         let path = archive.path.clone();
@@ -230,6 +234,8 @@ impl FirecrestBackend {
         let mut in_flight = stream::FuturesUnordered::new();
         let mut names: Vec<String> = Vec::new();
         let mut meter = RateMeter::default();
+        let mut uploaded: u64 = 0;
+        let mut said_soon = false;
         loop {
             let packed = archive.now();
             let (written, total) = match packed {
@@ -239,24 +245,44 @@ impl FirecrestBackend {
             };
             let committed = names.len() as u64 * part_size;
             let remaining = total.unwrap_or(written).saturating_sub(committed);
-            if total.is_some() && remaining == 0 {
-                while let Some(done) = in_flight.next().await {
-                    let len: u64 = done?;
-                    progress.advance(len);
-                }
+            if total.is_some() && remaining == 0 && in_flight.is_empty() {
                 progress.finish();
                 return Ok(StagedWorkspace {
                     parts: names,
                     transfer_job: None,
                 });
             }
-            let way = transfer::rest_way(
-                self.transfer_threshold,
-                facts.s3.then_some(&self.s3_timing),
-                total,
-                remaining,
-                meter.rate(),
-            );
+            if let Some(size) = total.filter(|_| soon.is_some() && meter.parts > 0) {
+                if transfer::submit_ahead(size - uploaded, meter.rate()) {
+                    let parts = (0..transfer::part_ranges(size, part_size).len())
+                        .map(|i| transfer::part_name("workspace.tar.gz", i))
+                        .collect();
+                    tracing::debug!(
+                        "{} of the archive left to upload: the job can be submitted",
+                        crate::progress::format_bytes(size - uploaded)
+                    );
+                    if let Some(soon) = soon.take() {
+                        let _ = soon.send(StagedWorkspace {
+                            parts,
+                            transfer_job: None,
+                        });
+                        said_soon = true;
+                    }
+                }
+            }
+            // Once the job may be submitted with these parts, the rest stays
+            // in parts; once every part started, they are waited for.
+            let way = match (said_soon, total.is_some() && remaining == 0) {
+                (_, true) => RestWay::Wait,
+                (true, false) => RestWay::Parts,
+                (false, false) => transfer::rest_way(
+                    self.transfer_threshold,
+                    facts.s3.then_some(&self.s3_timing),
+                    total,
+                    remaining,
+                    meter.rate(),
+                ),
+            };
             if way == RestWay::S3 {
                 while let Some(done) = in_flight.next().await {
                     progress.advance(done?);
@@ -343,6 +369,7 @@ impl FirecrestBackend {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     let len = done?;
                     meter.finished(len, in_flight.is_empty());
+                    uploaded += len;
                     progress.advance(len);
                 }
                 changed = archive.changed(), if total.is_none() => { changed?; }
