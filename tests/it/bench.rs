@@ -231,8 +231,17 @@ fn bench_output() {
 /// One whole run of the workspace at `workspace` on a latency-mode double;
 /// seconds, the way the upload took, and the tool's peak RSS in KiB.
 fn bench_upload_run(workspace: &std::path::Path, threshold: &str) -> (f64, &'static str, u64) {
+    bench_upload_run_of(workspace, threshold, &crate::harness::binary())
+}
+
+/// The same with `binary` (this build, or a previous one).
+fn bench_upload_run_of(
+    workspace: &std::path::Path,
+    threshold: &str,
+    binary: &std::path::Path,
+) -> (f64, &'static str, u64) {
     let fake = FakeFirecrest::start_with(crate::fake::Settings::latency());
-    let (out, rss) = bench_upload_on(&fake, workspace, threshold, &crate::harness::binary());
+    let (out, rss) = bench_upload_on(&fake, workspace, threshold, binary);
     (out.elapsed.as_secs_f64(), upload_way(&fake), rss)
 }
 
@@ -382,15 +391,28 @@ fn bench_upload() {
         std::fs::write(text.join(format!("f{i:04}.txt")), line.repeat(165)).unwrap();
     }
     random_file(&dir.path().join("blob.bin"), 60_000_000);
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        let (secs, way, _) = bench_upload_run(dir.path(), "auto");
-        println!("bench_upload_89mb_run {secs:.2} {way}");
-        times.push(secs);
+    // This build and, when `FCI_BENCH_PREVIOUS` names one, a previous
+    // build, in alternation.
+    let mut builds = vec![("", crate::harness::binary())];
+    if let Ok(previous) = std::env::var("FCI_BENCH_PREVIOUS") {
+        builds.push(("previous_", previous.into()));
     }
-    times.sort_by(f64::total_cmp);
-    println!("bench_upload_89mb_p50 {:.2}", percentile(&times, 0.5));
-    println!("bench_upload_89mb_max {:.2}", times[times.len() - 1]);
+    let mut times = vec![Vec::new(); builds.len()];
+    for _ in 0..5 {
+        for ((label, binary), times) in builds.iter().zip(&mut times) {
+            let (secs, way, _) = bench_upload_run_of(dir.path(), "auto", binary);
+            println!("bench_upload_89mb_{label}run {secs:.2} {way}");
+            times.push(secs);
+        }
+    }
+    for ((label, _), times) in builds.iter().zip(&mut times) {
+        times.sort_by(f64::total_cmp);
+        println!("bench_upload_89mb_{label}p50 {:.2}", percentile(times, 0.5));
+        println!("bench_upload_89mb_{label}max {:.2}", times[times.len() - 1]);
+    }
+    if std::env::var("FCI_BENCH_UPLOAD_89MB_ONLY").is_ok() {
+        return;
+    }
     std::fs::remove_dir_all(&text).unwrap();
     for (label, size) in [("300mb", 300_000_000), ("1gb", 1_000_000_000)] {
         random_file(&dir.path().join("blob.bin"), size);

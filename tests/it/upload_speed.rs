@@ -373,3 +373,43 @@ fn an_upload_that_fails_after_the_job_was_submitted_cancels_the_job() {
     );
     eprintln!("{}", out.stderr);
 }
+
+#[test]
+fn a_ci_cancel_while_the_last_parts_go_up_cancels_the_job_submitted_ahead() {
+    let fake = fake_with_slow_parts();
+    let mut setup = Setup::firecrest(&fake, "ahead-cancelled", "echo should-not-run");
+    setup.set("FIRECREST_CLEANUP", "always");
+    random_file(&setup.path().join("big.bin"), 3_000_000);
+    let child = setup.spawn();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    assert!(
+        crate::harness::wait_until(LIMIT, || fake.count(Route::JobSubmit) > 0),
+        "no job was submitted"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let out = crate::harness::wait(child, LIMIT, std::time::Instant::now());
+    assert_eq!(out.code, 143, "{}", out.both());
+    assert!(
+        out.stderr
+            .contains("CI stopped the run before the workspace was up"),
+        "{}",
+        out.stderr
+    );
+    let job = fake.job_by_name("ahead-cancelled").expect("the job");
+    assert!(
+        job.is_final && job.state.starts_with("CANCELLED"),
+        "the job is {}\n{}",
+        job.state,
+        out.stderr
+    );
+    assert!(!out.stdout.contains("should-not-run"), "{}", out.both());
+    // The ready file was never written, and the run directory is gone.
+    assert!(
+        !fake
+            .scratch_files()
+            .iter()
+            .any(|f| f.contains("workspace.ready") || f.contains("big.bin")),
+        "{:?}",
+        fake.scratch_files()
+    );
+}
