@@ -8,12 +8,12 @@
 
 use std::future::Future;
 use std::sync::OnceLock;
-use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 
-use super::attempt::{self, Attempt, Staged};
+use super::attempt::{self, Attempt, FirstAttempt, Staged};
+use super::stop::STOP_CANCEL_BUDGET;
 use super::{Remote, READY_NAME};
 use crate::backend::{JobId, StagedWorkspace};
 use crate::ci::Ci;
@@ -21,13 +21,19 @@ use crate::config::Config;
 use crate::script::{UploadWait, UPLOAD_WAIT};
 use crate::workspace::PackReport;
 
-/// The workspace on the cluster, and the first attempt's job if it was
-/// submitted while the last parts went up.
+/// The workspace on the cluster, and the attempt the watch begins with
+/// (already submitted if it went while the last parts went up).
 pub(super) struct Placed {
     pub(super) staged: StagedWorkspace,
     pub(super) pack: PackReport,
-    pub(super) ahead: Option<(JobId, SystemTime)>,
+    pub(super) first: FirstAttempt,
 }
+
+/// What the job's prologue finds in the ready file until the workspace is
+/// up: written with the submit, so that the job opens a file that exists
+/// (a network file system may cache a missing name for a minute) and reads
+/// it again until it holds the archive's SHA-256.
+const NOT_READY: &[u8] = b"waiting for the last parts\n";
 
 /// Waits for `staging` (the upload, then packing's report; `None` when CI
 /// stopped the run) and submits the job meanwhile once the upload says on
@@ -41,22 +47,26 @@ pub(super) async fn place_and_submit(
     packed: &OnceLock<PackReport>,
     artifacts_part_size: Option<u64>,
 ) -> Result<Option<Placed>> {
-    let unsubmitted = |placed: Option<(StagedWorkspace, PackReport)>| {
+    let first = Attempt::first(config);
+    let unsubmitted = |placed: Option<(StagedWorkspace, PackReport)>, first: Attempt| {
         placed.map(|(staged, pack)| Placed {
             staged,
             pack,
-            ahead: None,
+            first: FirstAttempt {
+                attempt: first,
+                submitted: None,
+            },
         })
     };
     tokio::pin!(staging);
     let layout = tokio::select! {
         biased;
-        placed = &mut staging => return Ok(unsubmitted(placed?)),
+        placed = &mut staging => return Ok(unsubmitted(placed?, first)),
         layout = soon => layout.ok(),
     };
     // The upload says so only once packing ended, so its report is there.
     let (Some(layout), Some(pack)) = (layout, packed.get().cloned()) else {
-        return Ok(unsubmitted(staging.await?));
+        return Ok(unsubmitted(staging.await?, first));
     };
     let early = Staged {
         workspace: &layout,
@@ -67,32 +77,57 @@ pub(super) async fn place_and_submit(
         file: READY_NAME.to_string(),
         within: UPLOAD_WAIT,
     };
-    let first = Attempt::first(config);
-    let submit = attempt::submit(config, ci, remote, &early, first, Some(wait));
+    let submit = async {
+        let not_ready = remote
+            .backend
+            .put_file(&remote.run_dir, READY_NAME, NOT_READY.to_vec());
+        let submit = attempt::submit(config, ci, remote, &early, first, Some(wait));
+        let (not_ready, submitted) = tokio::join!(not_ready, submit);
+        if let Err(err) = not_ready {
+            // Only a hint for network file systems: the job still waits.
+            tracing::debug!("could not write the placeholder ready file: {err:#}");
+        }
+        submitted
+    };
     let (submitted, placed) = tokio::join!(submit, &mut staging);
-    // A refused submit explains the run's end better than the upload.
-    let (job, at) = submitted?;
-    let placed = match placed {
-        Ok(Some(placed)) => placed,
-        Ok(None) => {
-            cancel(
-                remote,
-                &job,
-                "CI stopped the run before the workspace was up",
-            )
-            .await;
+    let (job, at, placed) = match (submitted, placed) {
+        (submitted, Ok(None)) => {
+            // CI stopped the run: within the time its signal leaves.
+            if let Ok((job, _)) = submitted {
+                let why = "CI stopped the run before the workspace was up";
+                let cancelled = cancel(remote, &job, why);
+                if tokio::time::timeout(STOP_CANCEL_BUDGET, cancelled)
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(
+                        "no time left to cancel job {job}; cancel it with `firecrest-ci cancel {job}`"
+                    );
+                }
+            }
             return Ok(None);
         }
-        Err(err) => {
+        // A refused submit explains the run's end better than the upload.
+        (Err(err), _) => return Err(err),
+        (Ok((job, _)), Err(err)) => {
             cancel(remote, &job, "the workspace upload failed").await;
             return Err(err);
         }
+        (Ok((job, at)), Ok(Some(placed))) => (job, at, placed),
     };
     if placed.0 != layout {
         // The server refused a part as too large and the archive went up
-        // in smaller parts: the job would look for the wrong ones.
-        cancel(remote, &job, "the workspace went up in other parts").await;
-        return Ok(unsubmitted(Some(placed)));
+        // in smaller parts: the job would look for the wrong ones. The next
+        // submission gets files of its own (and the forwarded variables
+        // again), as after a job the cluster lost.
+        let why = "the server refused a part as too large and the workspace went up \
+                   in smaller parts; submitting it again";
+        cancel(remote, &job, why).await;
+        let again = Attempt {
+            number: first.number + 1,
+            of: first.of + 1,
+        };
+        return Ok(unsubmitted(Some(placed), again));
     }
     let ready = format!("{}\n", pack.sha256).into_bytes();
     if let Err(err) = remote
@@ -103,17 +138,20 @@ pub(super) async fn place_and_submit(
         cancel(remote, &job, "its workspace could not be marked ready").await;
         return Err(err).context("failed to tell the job that its workspace is up");
     }
-    tracing::debug!("the workspace is up: job {job} may extract it");
+    tracing::info!("workspace up: job {job} extracts it");
     Ok(Some(Placed {
         staged: placed.0,
         pack: placed.1,
-        ahead: Some((job, at)),
+        first: FirstAttempt {
+            attempt: first,
+            submitted: Some((job, at)),
+        },
     }))
 }
 
-/// Cancels the job submitted ahead, saying why; a failure to cancel is
-/// said too, with the job id to cancel by hand.
-async fn cancel(remote: &Remote<'_>, job: &JobId, why: &str) {
+/// Cancels a job the run submitted but will not watch, saying why; a
+/// failure to cancel is said too, with the job id to cancel by hand.
+pub(super) async fn cancel(remote: &Remote<'_>, job: &JobId, why: &str) {
     match remote.backend.cancel(job).await {
         Ok(()) => tracing::warn!("cancelled job {job}: {why}"),
         Err(err) => tracing::error!(

@@ -29,18 +29,18 @@ pub(super) struct Staged<'a> {
 }
 
 /// Submits and watches the job, again while the cluster loses it and
-/// retries are left; the last attempt's end is the run's. `ahead`: the
-/// first attempt, already submitted while the last parts went up.
+/// retries are left; the last attempt's end is the run's, beginning with
+/// `first`.
 pub(super) async fn submit_and_watch(
     config: &Config,
     ci: &Ci,
     remote: &Remote<'_>,
     staged: &Staged<'_>,
-    mut ahead: Option<(JobId, SystemTime)>,
+    first: FirstAttempt,
     log: &std::fs::File,
     stop: &mut StopSignal,
 ) -> Result<End> {
-    let mut attempt = Attempt::first(config);
+    let (mut attempt, mut ahead) = (first.attempt, first.submitted);
     let mut lost: Vec<String> = Vec::new();
     loop {
         // Before the job exists: a failure here leaves no job running.
@@ -48,7 +48,7 @@ pub(super) async fn submit_and_watch(
             Ok(log) => log,
             Err(err) => {
                 if let Some((job, _)) = ahead.take() {
-                    let _ = remote.backend.cancel(&job).await;
+                    super::ahead::cancel(remote, &job, "the log file could not be reopened").await;
                 }
                 return Err(err).context("failed to reopen the log file for this attempt");
             }
@@ -160,6 +160,13 @@ pub(super) async fn submit(
     );
     write_early_outputs(config, ci, &job, run_dir);
     Ok((job, at))
+}
+
+/// The attempt the watch begins with, and its job if it was submitted
+/// while the last parts of the workspace went up.
+pub(super) struct FirstAttempt {
+    pub(super) attempt: Attempt,
+    pub(super) submitted: Option<(JobId, SystemTime)>,
 }
 
 /// A submitted job and what the report says about how it came to be.

@@ -132,8 +132,16 @@ pub async fn run(mut config: Config, ci: Arc<Ci>, mut stop: StopSignal) -> Resul
             pack: &placed.pack,
             artifacts_part_size,
         };
-        let ahead = placed.ahead;
-        attempt::submit_and_watch(&config, &ci, &remote, &staged, ahead, &log, &mut stop).await
+        attempt::submit_and_watch(
+            &config,
+            &ci,
+            &remote,
+            &staged,
+            placed.first,
+            &log,
+            &mut stop,
+        )
+        .await
     };
     let end = on_cluster.await;
     // Steps 6 and 7: outcome, artifacts, hand-back, cleanup, report.

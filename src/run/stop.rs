@@ -14,7 +14,7 @@ use super::finish::Ended;
 /// 7.5 s after SIGINT and kills 2.5 s later.
 const STOP_BUDGET: Duration = Duration::from_millis(7000);
 /// Of it, the cancel request may take this long.
-const STOP_CANCEL_BUDGET: Duration = Duration::from_secs(3);
+pub(super) const STOP_CANCEL_BUDGET: Duration = Duration::from_secs(3);
 /// What is kept back from waiting for the epilogue, for fetching the
 /// artifacts and removing the run directory.
 const STOP_AFTER_DRAIN: Duration = Duration::from_millis(2500);

@@ -187,16 +187,17 @@ if [ -f "$_fci_marker" ] && [ -d "$_fci_workspace" ]; then
 else
   if [ -n "$_fci_ready_file" ]; then
     # Submitted while the last parts went up: firecrest-ci writes the
-    # archive's SHA-256 into this file once every part is up. Listing the
-    # directory refreshes a network file system's view of it.
-    _fci_until=$((SECONDS + _fci_ready_within))
+    # archive's SHA-256 into this file once every part is up (a placeholder
+    # until then, so that the file is opened, and read anew, each time).
+    # Counted in tenths of a second: a login profile may unset SECONDS.
+    _fci_tenths=$((_fci_ready_within * 10))
     _fci_waiting=0
     until [ "$(cat -- "$_fci_ready_file" 2>/dev/null)" = "$_fci_sha256" ]; do
-      [ "$SECONDS" -lt "$_fci_until" ] \
-        || _fci_fail "the workspace upload did not finish within ${_fci_ready_within}s of the job's start (no $_fci_ready_file in $_fci_run_dir)"
+      [ "$_fci_tenths" -gt 0 ] \
+        || _fci_fail "the workspace upload did not finish within ${_fci_ready_within}s of the job's start ($_fci_run_dir/$_fci_ready_file does not hold the archive's SHA-256)"
       [ "$_fci_waiting" = 1 ] || { _fci_say "waiting for the last parts of the workspace upload"; _fci_waiting=1; }
       sleep 0.1
-      ls -a . > /dev/null 2>&1
+      _fci_tenths=$((_fci_tenths - 1))
     done
   fi
   for _fci_p in "${_fci_parts[@]}"; do

@@ -1467,7 +1467,13 @@ mod tests {
             file: "workspace.ready".into(),
             within: std::time::Duration::from_secs(1),
         });
+        // A login profile may unset bash's own variables; the wait still
+        // lasts its second.
+        let profile = run.dir.parent().unwrap().join(".bash_profile");
+        std::fs::write(profile, "unset SECONDS\n").unwrap();
+        let started = std::time::Instant::now();
         let out = run.run();
+        assert!(started.elapsed() >= std::time::Duration::from_secs(1));
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         assert_eq!(
             out.status.code(),
