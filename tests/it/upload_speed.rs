@@ -371,7 +371,6 @@ fn an_upload_that_fails_after_the_job_was_submitted_cancels_the_job() {
         crate::harness::wait_until(Duration::from_secs(10), || !fake.any_job_process_running()),
         "the job's processes outlived its cancel"
     );
-    eprintln!("{}", out.stderr);
 }
 
 #[test]
@@ -412,4 +411,59 @@ fn a_ci_cancel_while_the_last_parts_go_up_cancels_the_job_submitted_ahead() {
         "{:?}",
         fake.scratch_files()
     );
+}
+
+#[test]
+fn a_part_refused_after_the_job_was_submitted_ahead_resubmits_it_with_files_of_its_own() {
+    // Parts of 136 KiB taking 0.6 s each, four at a time (about 0.9 MB/s,
+    // slower than packing even on a busy machine): when the job is
+    // submitted, with a second of parts left, some have not started yet.
+    let fake = FakeFirecrest::start_with(Settings {
+        max_ops_file_size: 140 * 1024,
+        s3: false,
+        ..Settings::default()
+    });
+    fake.delay(
+        Some(Route::OpsUpload),
+        Duration::from_millis(600),
+        Stage::Before,
+        None,
+        None,
+    );
+    let mut setup = Setup::firecrest(
+        &fake,
+        "ahead-refused",
+        "sha256sum big.bin; printf '<%s>\\n' \"$MY_VALUE\"",
+    );
+    setup
+        .set("FIRECREST_ENV_VARS", "MY_VALUE")
+        .set("MY_VALUE", "forwarded");
+    let sha = random_file(&setup.path().join("big.bin"), 6_000_000);
+    let child = setup.spawn();
+    assert!(
+        crate::harness::wait_until(LIMIT, || fake.count(Route::JobSubmit) > 0),
+        "no job was submitted"
+    );
+    // The next part is refused as too large: the archive goes up again in
+    // smaller parts.
+    fake.fail_next(Some(Route::OpsUpload), 1, 413, Stage::Before);
+    let out = crate::harness::wait(child, LIMIT, std::time::Instant::now());
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(out.stdout.contains(&sha), "{}", out.both());
+    assert!(out.stdout.contains("<forwarded>"), "{}", out.both());
+    assert!(
+        out.stderr.contains("refused a part as too large"),
+        "{}",
+        out.stderr
+    );
+    let jobs: Vec<_> = fake
+        .jobs()
+        .into_iter()
+        .filter(|j| j.kind == JobKind::User)
+        .collect();
+    assert_eq!(jobs.len(), 2, "{}", out.stderr);
+    assert!(jobs[0].state.starts_with("CANCELLED"), "{}", jobs[0].state);
+    assert_eq!(jobs[1].state, "COMPLETED");
+    // The second has an output file of its own.
+    assert!(jobs[1].stdout.ends_with("job-2.out"), "{}", jobs[1].stdout);
 }
