@@ -95,6 +95,10 @@ pub(crate) struct FailNext {
     pub on: RouteCount,
     pub status: u16,
     pub stage: Stage,
+    /// Only requests with a body of at least this many bytes (a proxy's
+    /// own body limit); 0: any. Known only after the request was read, so
+    /// anything but 0 applies with [`Stage::After`] only.
+    pub min_body: usize,
 }
 
 pub(crate) struct Delay {
@@ -229,10 +233,10 @@ impl Faults {
             if matches!(self.token_down, Some((TokenDown::Status503, w)) if w.contains(now)) {
                 return Some((gateway(503), "token-503".into()));
             }
-            return self.take_fail(route, Stage::Before);
+            return self.take_fail(route, Stage::Before, 0);
         }
         if !route.is_firecrest() {
-            return self.take_fail(route, Stage::Before);
+            return self.take_fail(route, Stage::Before, 0);
         }
         self.firecrest_seen += 1;
         if let Some((every, retry_after, w)) = self.rate_limit {
@@ -252,12 +256,19 @@ impl Faults {
                 return Some((gateway(status), format!("random-{status}")));
             }
         }
-        self.take_fail(route, Stage::Before)
+        self.take_fail(route, Stage::Before, 0)
     }
 
-    pub fn take_fail(&mut self, route: Route, stage: Stage) -> Option<(Response, String)> {
+    /// The injected failure for a request of `route` at `stage` with a
+    /// body of `body` bytes (0 before the body is read), if one applies.
+    pub fn take_fail(
+        &mut self,
+        route: Route,
+        stage: Stage,
+        body: usize,
+    ) -> Option<(Response, String)> {
         for f in &mut self.fail_next {
-            if f.stage == stage && f.on.take(route) {
+            if f.stage == stage && body >= f.min_body && f.on.take(route) {
                 let label = format!("fail-{}-{:?}", f.status, stage);
                 return Some((gateway(f.status), label));
             }

@@ -871,7 +871,7 @@ impl http::Handler for Core {
             let mut st = self.lock();
             (
                 st.faults.delay(route, Stage::After, now),
-                st.faults.take_fail(route, Stage::After),
+                st.faults.take_fail(route, Stage::After, req.body.len()),
                 st.faults.take_malform(route),
             )
         };
@@ -1091,6 +1091,20 @@ impl FakeFirecrest {
     /// The next `count` requests of `route` (None: any) answer `status`
     /// (gateway body); with [`Stage::After`] the action happens first.
     pub fn fail_next(&self, route: Option<Route>, count: u32, status: u16, stage: Stage) {
+        self.fail_next_of_size(route, count, 0, status, stage);
+    }
+
+    /// The same for requests with a body of at least `min_body` bytes
+    /// only (with [`Stage::After`] when `min_body` > 0): a proxy in front of
+    /// the server with a body limit of its own.
+    pub fn fail_next_of_size(
+        &self,
+        route: Option<Route>,
+        count: u32,
+        min_body: usize,
+        status: u16,
+        stage: Stage,
+    ) {
         self.core.lock().faults.fail_next.push(faults::FailNext {
             on: faults::RouteCount {
                 route,
@@ -1098,6 +1112,7 @@ impl FakeFirecrest {
             },
             status,
             stage,
+            min_body,
         });
     }
 
