@@ -243,6 +243,13 @@ pub fn part_name(file: &str, index: usize) -> String {
     format!("{file}.part-{index:05}")
 }
 
+/// The names of the parts of [`part_ranges`], in order.
+pub fn part_names(file: &str, size: u64, part_size: u64) -> Vec<String> {
+    (0..part_ranges(size, part_size).len())
+        .map(|i| part_name(file, i))
+        .collect()
+}
+
 /// A job starts about this long after its submit on an idle cluster (issue
 /// 12's measured runs: "Slurm start: 1.0 s"). Submitted once the last parts
 /// are expected up within it, the job starts as they land instead of after.

@@ -83,9 +83,7 @@ impl FirecrestBackend {
                 crate::progress::format_bytes(size),
                 crate::progress::format_bytes(part_size)
             );
-            let names: Vec<String> = (0..count)
-                .map(|i| transfer::part_name("workspace.tar.gz", i))
-                .collect();
+            let names = transfer::part_names("workspace.tar.gz", size, part_size);
             let result = self.upload_ranges(archive, dir, ranges, &names).await;
             match result {
                 Ok(_) => return Ok(names),
@@ -234,7 +232,6 @@ impl FirecrestBackend {
         let mut in_flight = stream::FuturesUnordered::new();
         let mut names: Vec<String> = Vec::new();
         let mut meter = RateMeter::default();
-        let mut uploaded: u64 = 0;
         let mut said_soon = false;
         loop {
             let packed = archive.now();
@@ -252,22 +249,22 @@ impl FirecrestBackend {
                     transfer_job: None,
                 });
             }
-            if let Some(size) = total.filter(|_| soon.is_some() && meter.parts > 0) {
-                if transfer::submit_ahead(size - uploaded, meter.rate()) {
-                    let parts = (0..transfer::part_ranges(size, part_size).len())
-                        .map(|i| transfer::part_name("workspace.tar.gz", i))
-                        .collect();
+            if let (Some(size), Some(_)) = (total, &soon) {
+                // The meter counts the bytes of the parts that are up.
+                let left = size - meter.bytes;
+                if meter.parts > 0 && transfer::submit_ahead(left, meter.rate()) {
                     tracing::debug!(
                         "{} of the archive left to upload: the job can be submitted",
-                        crate::progress::format_bytes(size - uploaded)
+                        crate::progress::format_bytes(left)
                     );
+                    let parts = transfer::part_names("workspace.tar.gz", size, part_size);
                     if let Some(soon) = soon.take() {
                         let _ = soon.send(StagedWorkspace {
                             parts,
                             transfer_job: None,
                         });
-                        said_soon = true;
                     }
+                    said_soon = true;
                 }
             }
             // Once the job may be submitted with these parts, the rest stays
@@ -369,7 +366,6 @@ impl FirecrestBackend {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     let len = done?;
                     meter.finished(len, in_flight.is_empty());
-                    uploaded += len;
                     progress.advance(len);
                 }
                 changed = archive.changed(), if total.is_none() => { changed?; }
