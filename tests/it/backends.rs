@@ -639,6 +639,72 @@ async fn slurm_cancel_ends_the_job() {
     backend.cancel(&id).await.unwrap();
 }
 
+/// The tool's own batch script for a job submitted while its last parts go
+/// up, its ready file never written: real Slurm's cancel during that wait
+/// reaches the waiting shell, whose trap ends the script (its last line,
+/// exit 143) rather than Slurm's SIGKILL after KillWait.
+#[tokio::test]
+async fn slurm_cancel_while_a_job_waits_for_its_last_parts_runs_the_scripts_end() {
+    use firecrest_ci::config::UserCommand;
+    use firecrest_ci::script::{render, ScriptSpec, UploadWait};
+    let Some(backend) = slurm("slurm_cancel_while_waiting") else {
+        return;
+    };
+    let dir = slurm_dir();
+    let run_dir = dir.path().to_str().unwrap().to_string();
+    let script = render(&ScriptSpec {
+        job_name: "firecrest-ci-test-ahead".into(),
+        run_dir: run_dir.clone(),
+        output_file: format!("{run_dir}/out.log"),
+        error_file: None,
+        time_limit: None,
+        nodes: None,
+        ntasks: None,
+        gpus: None,
+        constraint: None,
+        extra_options: vec![],
+        archive_parts: vec!["ws.tar.gz".into()],
+        archive_sha256: "0".repeat(64),
+        env_file: None,
+        command: UserCommand::Inline("echo should-not-run".into()),
+        artifacts: vec![],
+        artifacts_archive: format!("{run_dir}/artifacts.tar.gz"),
+        artifacts_part_size: None,
+        attempt: 1,
+        keep_archive: false,
+        upload_wait: Some(UploadWait {
+            file: "workspace.ready".into(),
+            within: Duration::from_secs(600),
+        }),
+    })
+    .unwrap();
+    let id = backend
+        .submit(&JobSpec {
+            name: "firecrest-ci-test-ahead".into(),
+            script,
+            working_dir: run_dir,
+            output: Some("out.log".into()),
+            ..JobSpec::default()
+        })
+        .await
+        .unwrap();
+    wait_output(dir.path(), "waiting for the last parts", SLURM_LIMIT).await;
+    backend.cancel(&id).await.unwrap();
+    let status = wait_end(&backend, &id, SLURM_LIMIT).await;
+    assert!(
+        status.state.to_string().starts_with("CANCELLED"),
+        "{status:?}"
+    );
+    wait_output(
+        dir.path(),
+        "firecrest-ci: end of the batch script (exit status 143)",
+        APPEAR_LIMIT,
+    )
+    .await;
+    assert!(!output(dir.path()).contains("should-not-run"));
+    assert_not_queued(&id).await;
+}
+
 #[tokio::test]
 async fn slurm_output_streams_exactly_by_offsets() {
     let Some(backend) = slurm("slurm_output_offsets") else {
