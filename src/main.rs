@@ -142,7 +142,7 @@ async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
         Command::Run(flags) => {
             let config = match Config::from_env(&env, &cwd, &flags) {
                 Ok(config) => config,
-                Err(errors) => return config_failed(&errors),
+                Err(errors) => return config_failed(&ci_for(&env, &cwd), &errors),
             };
             let ci = ci_for(&env, &config.workspace);
             (run::run(config, ci.clone(), stop).await, ci)
@@ -150,7 +150,7 @@ async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
         Command::Check | Command::Cancel(_) => {
             let connection = match Connection::from_env(&env) {
                 Ok(connection) => connection,
-                Err(errors) => return config_failed(&errors),
+                Err(errors) => return config_failed(&ci_for(&env, &cwd), &errors),
             };
             let ci = ci_for(&env, &cwd);
             let result = match command {
@@ -160,15 +160,18 @@ async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
             (result, ci)
         }
     };
-    ci.finish();
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
             let code = outcome::exit_code_for_error(&err);
+            set_exit_code_output(&ci, code);
+            ci.finish();
             print_error(&ci, &err);
-            code
+            return code;
         }
-    }
+    };
+    ci.finish();
+    code
 }
 
 /// The run's error, once, with its whole chain: on GitHub as an error
@@ -182,9 +185,18 @@ fn print_error(ci: &Ci, err: &anyhow::Error) {
     }
 }
 
-fn config_failed(errors: &firecrest_ci::config::ConfigErrors) -> i32 {
+fn config_failed(ci: &Ci, errors: &firecrest_ci::config::ConfigErrors) -> i32 {
     tracing::error!("invalid configuration:\n{errors}");
+    set_exit_code_output(ci, codes::CONFIG);
     codes::CONFIG
+}
+
+/// A run that ended in an error wrote no final report, so a later step
+/// (`if: failure()`, an `after_script`) learns its code only from here.
+fn set_exit_code_output(ci: &Ci, code: i32) {
+    if let Err(err) = ci.set_output("exit-code", &code.to_string()) {
+        tracing::warn!("could not write the step output exit-code: {err:#}");
+    }
 }
 
 /// The CI platform's channels. GitLab's `artifacts: reports: dotenv:` paths

@@ -95,7 +95,7 @@ pub(super) async fn place_and_submit(
             // CI stopped the run: within the time its signal leaves.
             if let Ok((job, _)) = submitted {
                 let why = "CI stopped the run before the workspace was up";
-                let cancelled = cancel(remote, &job, why);
+                let cancelled = abandon(remote, &job, why);
                 if tokio::time::timeout(STOP_CANCEL_BUDGET, cancelled)
                     .await
                     .is_err()
@@ -110,7 +110,7 @@ pub(super) async fn place_and_submit(
         // A refused submit explains the run's end better than the upload.
         (Err(err), _) => return Err(err),
         (Ok((job, _)), Err(err)) => {
-            cancel(remote, &job, "the workspace upload failed").await;
+            abandon(remote, &job, "the workspace upload failed").await;
             return Err(err);
         }
         (Ok((job, at)), Ok(Some(placed))) => (job, at, placed),
@@ -135,7 +135,7 @@ pub(super) async fn place_and_submit(
         .put_file(&remote.run_dir, READY_NAME, ready)
         .await
     {
-        cancel(remote, &job, "its workspace could not be marked ready").await;
+        abandon(remote, &job, "its workspace could not be marked ready").await;
         return Err(err).context("failed to tell the job that its workspace is up");
     }
     tracing::info!("workspace up: job {job} extracts it");
@@ -151,11 +151,29 @@ pub(super) async fn place_and_submit(
 
 /// Cancels a job the run submitted but will not watch, saying why; a
 /// failure to cancel is said too, with the job id to cancel by hand.
-pub(super) async fn cancel(remote: &Remote<'_>, job: &JobId, why: &str) {
+/// Says whether the job was cancelled.
+async fn cancel(remote: &Remote<'_>, job: &JobId, why: &str) -> bool {
     match remote.backend.cancel(job).await {
-        Ok(()) => tracing::warn!("cancelled job {job}: {why}"),
-        Err(err) => tracing::error!(
-            "could not cancel job {job} ({why}): {err:#}; cancel it with `firecrest-ci cancel {job}`"
-        ),
+        Ok(()) => {
+            tracing::warn!("cancelled job {job}: {why}");
+            true
+        }
+        Err(err) => {
+            tracing::error!(
+                "could not cancel job {job} ({why}): {err:#}; cancel it with `firecrest-ci cancel {job}`"
+            );
+            false
+        }
+    }
+}
+
+/// Cancels a job the run submitted and then gave up on: its `job-id` step
+/// output already names it, so its `state` output says what became of it
+/// (nothing, when the cancel failed and the job may still run).
+pub(super) async fn abandon(remote: &Remote<'_>, job: &JobId, why: &str) {
+    if cancel(remote, job, why).await {
+        if let Err(err) = remote.ci.set_output("state", "CANCELLED") {
+            tracing::warn!("could not write the step output state: {err:#}");
+        }
     }
 }

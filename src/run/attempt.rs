@@ -48,7 +48,7 @@ pub(super) async fn submit_and_watch(
             Ok(log) => log,
             Err(err) => {
                 if let Some((job, _)) = ahead.take() {
-                    super::ahead::cancel(remote, &job, "the log file could not be reopened").await;
+                    super::ahead::abandon(remote, &job, "the log file could not be reopened").await;
                 }
                 return Err(err).context("failed to reopen the log file for this attempt");
             }

@@ -354,3 +354,38 @@ fn transfer_logs_stay_when_cleanup_is_never() {
     assert_eq!(logs, 4, "two logs per transfer job: {files:?}");
     assert!(files.iter().any(|f| f == "ciuser/tmp/"), "{files:?}");
 }
+
+/// The `exit-code` step output of a run in GitHub mode that set it.
+fn exit_code_outputs(setup: &mut Setup) -> (Outcome, Vec<String>) {
+    let outputs = tempfile::NamedTempFile::new().unwrap();
+    setup.set("GITHUB_ACTIONS", "true");
+    setup.set("GITHUB_OUTPUT", outputs.path().display().to_string());
+    let out = setup.run(LIMIT);
+    let written = std::fs::read_to_string(outputs.path()).unwrap_or_default();
+    let codes = crate::harness::github_output_records(&written)
+        .into_iter()
+        .filter(|(name, _)| name == "exit-code")
+        .map(|(_, value)| value)
+        .collect();
+    (out, codes)
+}
+
+/// A run that ends in an error writes no final report, yet a later step
+/// (`if: failure()`) reads its code from the `exit-code` output: for a bad
+/// variable (before any request) and for a partition the cluster lacks.
+#[test]
+fn a_run_that_ends_in_an_error_still_writes_its_exit_code_output() {
+    let fake = FakeFirecrest::start();
+    let mut bad_variable = Setup::firecrest(&fake, "bad-variable-output", "echo never");
+    bad_variable.set("FIRECREST_POLL_INTERVAL", "soon");
+    let (out, written) = exit_code_outputs(&mut bad_variable);
+    assert_eq!(out.code, codes::CONFIG, "{}", out.both());
+    assert_eq!(written, [codes::CONFIG.to_string()], "{}", out.both());
+
+    let mut bad_partition = Setup::firecrest(&fake, "bad-partition-output", "echo never");
+    bad_partition.set("FIRECREST_PARTITION", "nopart");
+    let (out, written) = exit_code_outputs(&mut bad_partition);
+    assert_eq!(out.code, codes::CONFIG, "{}", out.both());
+    assert_eq!(written, [codes::CONFIG.to_string()], "{}", out.both());
+    assert!(fake.jobs().is_empty(), "jobs: {:?}", fake.jobs());
+}

@@ -355,6 +355,9 @@ fn an_upload_that_fails_after_the_job_was_submitted_cancels_the_job() {
     let fake = fake_with_slow_parts();
     let mut setup = Setup::firecrest(&fake, "ahead-failed", "echo should-not-run");
     setup.set("FIRECREST_CLEANUP", "always");
+    let outputs = tempfile::NamedTempFile::new().unwrap();
+    setup.set("GITHUB_ACTIONS", "true");
+    setup.set("GITHUB_OUTPUT", outputs.path().display().to_string());
     random_file(&setup.path().join("big.bin"), 3_000_000);
     let child = setup.spawn();
     assert!(
@@ -385,6 +388,19 @@ fn an_upload_that_fails_after_the_job_was_submitted_cancels_the_job() {
         crate::harness::wait_until(Duration::from_secs(10), || !fake.any_job_process_running()),
         "the job's processes outlived its cancel"
     );
+    // The step outputs name the job, what became of it, and the run's code.
+    let written = std::fs::read_to_string(outputs.path()).unwrap();
+    let records = crate::harness::github_output_records(&written);
+    let values = |name: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(values("job-id"), [job.id.to_string()], "{written}");
+    assert_eq!(values("state"), ["CANCELLED"], "{written}");
+    assert_eq!(values("exit-code"), [out.code.to_string()], "{written}");
 }
 
 #[test]
