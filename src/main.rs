@@ -160,17 +160,15 @@ async fn async_main(command: Command, env: BTreeMap<String, String>) -> i32 {
             (result, ci)
         }
     };
-    let code = match result {
-        Ok(code) => code,
-        Err(err) => {
-            let code = outcome::exit_code_for_error(&err);
-            set_exit_code_output(&ci, code);
-            ci.finish();
-            print_error(&ci, &err);
-            return code;
-        }
+    let (code, err) = match result {
+        Ok(code) => (code, None),
+        Err(err) => (outcome::exit_code_for_error(&err), Some(err)),
     };
+    set_exit_code_output(&ci, code);
     ci.finish();
+    if let Some(err) = err {
+        print_error(&ci, &err);
+    }
     code
 }
 
@@ -191,8 +189,9 @@ fn config_failed(ci: &Ci, errors: &firecrest_ci::config::ConfigErrors) -> i32 {
     codes::CONFIG
 }
 
-/// A run that ended in an error wrote no final report, so a later step
-/// (`if: failure()`, an `after_script`) learns its code only from here.
+/// Written here, on every end: a run that ended in an error, or that CI
+/// stopped before its job was submitted, printed no final report, and a
+/// later step (`if: failure()`, an `after_script`) still reads its code.
 fn set_exit_code_output(ci: &Ci, code: i32) {
     if let Err(err) = ci.set_output("exit-code", &code.to_string()) {
         tracing::warn!("could not write the step output exit-code: {err:#}");

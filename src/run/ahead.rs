@@ -172,8 +172,6 @@ async fn cancel(remote: &Remote<'_>, job: &JobId, why: &str) -> bool {
 /// (nothing, when the cancel failed and the job may still run).
 pub(super) async fn abandon(remote: &Remote<'_>, job: &JobId, why: &str) {
     if cancel(remote, job, why).await {
-        if let Err(err) = remote.ci.set_output("state", "CANCELLED") {
-            tracing::warn!("could not write the step output state: {err:#}");
-        }
+        super::report::set_state_output(&remote.ci, "CANCELLED");
     }
 }

@@ -107,7 +107,7 @@ fn report_outcome(
         outcome.state, outcome.exit_code, outcome.reason, timing.nodes
     ));
     print_correlation(ci, correlation);
-    set_final_outputs(ci, &outcome.state, outcome.exit_code);
+    set_state_output(ci, &outcome.state);
     let row = [
         outcome.state.as_str(),
         &outcome.exit_code.to_string(),
@@ -148,7 +148,7 @@ fn report_stopped(
         "firecrest-ci: job {job}: {message} (exit code {code})"
     ));
     print_correlation(ci, correlation);
-    set_final_outputs(ci, "CANCELLED", code);
+    set_state_output(ci, "CANCELLED");
     // The summary says what the final line and the outputs say.
     write_summary(
         config,
@@ -194,14 +194,11 @@ fn print_correlation(ci: &Ci, correlation: Option<&str>) {
     }
 }
 
-fn set_final_outputs(ci: &Ci, state: &str, code: i32) {
-    for (name, value) in [
-        ("state", state.to_string()),
-        ("exit-code", code.to_string()),
-    ] {
-        if let Err(err) = ci.set_output(name, &value) {
-            tracing::warn!("could not write the step output {name}: {err:#}");
-        }
+/// The job's final state for later steps; the run's exit code is written
+/// by `main` on every end, this one's included.
+pub(super) fn set_state_output(ci: &Ci, state: &str) {
+    if let Err(err) = ci.set_output("state", state) {
+        tracing::warn!("could not write the step output state: {err:#}");
     }
 }
 

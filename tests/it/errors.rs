@@ -357,17 +357,12 @@ fn transfer_logs_stay_when_cleanup_is_never() {
 
 /// The `exit-code` step output of a run in GitHub mode that set it.
 fn exit_code_outputs(setup: &mut Setup) -> (Outcome, Vec<String>) {
-    let outputs = tempfile::NamedTempFile::new().unwrap();
-    setup.set("GITHUB_ACTIONS", "true");
-    setup.set("GITHUB_OUTPUT", outputs.path().display().to_string());
+    let outputs = crate::harness::with_github_outputs(setup);
     let out = setup.run(LIMIT);
-    let written = std::fs::read_to_string(outputs.path()).unwrap_or_default();
-    let codes = crate::harness::github_output_records(&written)
-        .into_iter()
-        .filter(|(name, _)| name == "exit-code")
-        .map(|(_, value)| value)
-        .collect();
-    (out, codes)
+    (
+        out,
+        crate::harness::github_output_values(&outputs, "exit-code"),
+    )
 }
 
 /// A run that ends in an error writes no final report, yet a later step

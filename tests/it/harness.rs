@@ -411,6 +411,25 @@ pub fn random_file(path: &Path, size: usize) -> String {
     hex::encode(Sha256::digest(&data))
 }
 
+/// Runs `setup` in GitHub mode with a `GITHUB_OUTPUT` file, whose
+/// values [`github_output_values`] reads back once the run ended.
+pub fn with_github_outputs(setup: &mut Setup) -> tempfile::NamedTempFile {
+    let outputs = tempfile::NamedTempFile::new().expect("a GITHUB_OUTPUT file");
+    setup.set("GITHUB_ACTIONS", "true");
+    setup.set("GITHUB_OUTPUT", outputs.path().display().to_string());
+    outputs
+}
+
+/// The values written for the step output `name`, in order.
+pub fn github_output_values(outputs: &tempfile::NamedTempFile, name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(outputs.path()).unwrap_or_default();
+    github_output_records(&text)
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, value)| value)
+        .collect()
+}
+
 /// `GITHUB_OUTPUT` records (`name=value`, `name<<DELIMITER` blocks) as the
 /// runner reads them, in order.
 pub fn github_output_records(text: &str) -> Vec<(String, String)> {

@@ -161,6 +161,7 @@ fn a_ci_cancel_during_an_s3_upload_leaves_no_transfer_job_behind() {
     setup
         .set("FIRECREST_TRANSFER_THRESHOLD", "always-s3")
         .set("FIRECREST_CLEANUP", "always");
+    let outputs = crate::harness::with_github_outputs(&mut setup);
     random_file(&setup.path().join("big.bin"), 2_000_000);
     let child = setup.spawn();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -173,6 +174,10 @@ fn a_ci_cancel_during_an_s3_upload_leaves_no_transfer_job_behind() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
     let out = crate::harness::wait(child, LIMIT, std::time::Instant::now());
     assert_eq!(out.code, 143, "{}", out.both());
+    // Stopped before a job existed: the code for later steps, no state.
+    let values = |name| crate::harness::github_output_values(&outputs, name);
+    assert_eq!(values("exit-code"), ["143"], "{}", out.both());
+    assert!(values("state").is_empty(), "{}", out.both());
     assert_eq!(fake.count(Route::JobSubmit), 0, "{}", out.both());
     let transfer = fake
         .jobs()
@@ -355,9 +360,7 @@ fn an_upload_that_fails_after_the_job_was_submitted_cancels_the_job() {
     let fake = fake_with_slow_parts();
     let mut setup = Setup::firecrest(&fake, "ahead-failed", "echo should-not-run");
     setup.set("FIRECREST_CLEANUP", "always");
-    let outputs = tempfile::NamedTempFile::new().unwrap();
-    setup.set("GITHUB_ACTIONS", "true");
-    setup.set("GITHUB_OUTPUT", outputs.path().display().to_string());
+    let outputs = crate::harness::with_github_outputs(&mut setup);
     random_file(&setup.path().join("big.bin"), 3_000_000);
     let child = setup.spawn();
     assert!(
@@ -389,18 +392,15 @@ fn an_upload_that_fails_after_the_job_was_submitted_cancels_the_job() {
         "the job's processes outlived its cancel"
     );
     // The step outputs name the job, what became of it, and the run's code.
-    let written = std::fs::read_to_string(outputs.path()).unwrap();
-    let records = crate::harness::github_output_records(&written);
-    let values = |name: &str| -> Vec<String> {
-        records
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
-    };
-    assert_eq!(values("job-id"), [job.id.to_string()], "{written}");
-    assert_eq!(values("state"), ["CANCELLED"], "{written}");
-    assert_eq!(values("exit-code"), [out.code.to_string()], "{written}");
+    let values = |name| crate::harness::github_output_values(&outputs, name);
+    assert_eq!(values("job-id"), [job.id.to_string()], "{}", out.both());
+    assert_eq!(values("state"), ["CANCELLED"], "{}", out.both());
+    assert_eq!(
+        values("exit-code"),
+        [out.code.to_string()],
+        "{}",
+        out.both()
+    );
 }
 
 #[test]
@@ -408,6 +408,7 @@ fn a_ci_cancel_while_the_last_parts_go_up_cancels_the_job_submitted_ahead() {
     let fake = fake_with_slow_parts();
     let mut setup = Setup::firecrest(&fake, "ahead-cancelled", "echo should-not-run");
     setup.set("FIRECREST_CLEANUP", "always");
+    let outputs = crate::harness::with_github_outputs(&mut setup);
     random_file(&setup.path().join("big.bin"), 3_000_000);
     let child = setup.spawn();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -437,6 +438,9 @@ fn a_ci_cancel_while_the_last_parts_go_up_cancels_the_job_submitted_ahead() {
         out.stderr
     );
     assert!(!out.stdout.contains("should-not-run"), "{}", out.both());
+    let values = |name| crate::harness::github_output_values(&outputs, name);
+    assert_eq!(values("state"), ["CANCELLED"], "{}", out.both());
+    assert_eq!(values("exit-code"), ["143"], "{}", out.both());
     // The ready file was never written, and the run directory is gone.
     assert!(
         !fake
